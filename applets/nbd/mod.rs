@@ -1,0 +1,19 @@
+//! `nbd`: a Network Block Device server with qemu-nbd's command line.
+//!
+//! Modules: `proto` (wire format), `negotiate` (handshake), `transmission`
+//! (request loop), `server` (listeners, limits, shutdown), `backend` (raw
+//! file and offset window, qcow2, snapshot overlay), `partition` (MBR/GPT), `client`
+//! and `kernel` (the client side: `-L`, `--connect`).
+
+pub mod backend;
+pub mod client;
+pub mod export;
+pub mod kernel;
+pub mod negotiate;
+pub mod options;
+pub mod partition;
+pub mod proto;
+pub mod server;
+pub mod transmission;
+
+pub use options::parse;

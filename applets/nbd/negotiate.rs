@@ -1,0 +1,439 @@
+//! The fixed-newstyle handshake, server side: greeting, then options until
+//! the client picks the export (NBD_OPT_GO or NBD_OPT_EXPORT_NAME) or leaves.
+//! Option payloads are bounded; anything malformed ends only this connection.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::export::{Export, MAX_PAYLOAD, MIN_BLOCK, PREFERRED_BLOCK};
+use super::proto::*;
+
+/// Largest option payload accepted; longer ones end the connection.
+pub const MAX_OPTION_LEN: u32 = 64 * 1024;
+
+/// What the client and we agreed on for the transmission phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    pub style: ReplyStyle,
+    /// base:allocation was selected with NBD_OPT_SET_META_CONTEXT.
+    pub base_allocation: bool,
+}
+
+/// Why negotiation ended without a transmission phase.
+#[derive(Debug)]
+pub enum Refused {
+    /// The client left cleanly (NBD_OPT_ABORT, or closed the socket).
+    Aborted,
+    /// A protocol violation or I/O error; the text says which.
+    Failed(String),
+}
+
+impl From<std::io::Error> for Refused {
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Refused::Aborted
+        } else {
+            Refused::Failed(e.to_string())
+        }
+    }
+}
+
+struct State {
+    style: ReplyStyle,
+    base_allocation: bool,
+    no_zeroes: bool,
+}
+
+pub async fn negotiate<S>(stream: &mut S, export: &Export) -> Result<Negotiated, Refused>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut greeting = Vec::with_capacity(18);
+    greeting.extend_from_slice(&NBDMAGIC.to_be_bytes());
+    greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    greeting.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+    stream.write_all(&greeting).await?;
+
+    let client_flags = stream.read_u32().await?;
+    if client_flags & FLAG_C_FIXED_NEWSTYLE == 0 {
+        return Err(Refused::Failed(
+            "client does not speak fixed newstyle".into(),
+        ));
+    }
+    if client_flags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
+        return Err(Refused::Failed(format!(
+            "unknown client flags {client_flags:#x}"
+        )));
+    }
+    let mut state = State {
+        style: ReplyStyle::Simple,
+        base_allocation: false,
+        no_zeroes: client_flags & FLAG_C_NO_ZEROES != 0,
+    };
+
+    loop {
+        let magic = stream.read_u64().await?;
+        if magic != IHAVEOPT {
+            return Err(Refused::Failed(format!("bad option magic {magic:#x}")));
+        }
+        let option = stream.read_u32().await?;
+        let len = stream.read_u32().await?;
+        if len > MAX_OPTION_LEN {
+            return Err(Refused::Failed(format!(
+                "option {option} of {len} bytes is too long"
+            )));
+        }
+        let mut data = vec![0u8; len as usize];
+        stream.read_exact(&mut data).await?;
+        let mut out = Vec::new();
+        let outcome = handle_option(option, &data, export, &mut state, &mut out);
+        stream.write_all(&out).await?;
+        match outcome {
+            Next::Continue => {}
+            Next::Abort => return Err(Refused::Aborted),
+            Next::Fail(why) => return Err(Refused::Failed(why)),
+            Next::Transmit => {
+                stream.flush().await?;
+                return Ok(Negotiated {
+                    style: state.style,
+                    base_allocation: state.base_allocation,
+                });
+            }
+        }
+    }
+}
+
+enum Next {
+    Continue,
+    Transmit,
+    Abort,
+    Fail(String),
+}
+
+fn error_reply(out: &mut Vec<u8>, option: u32, error: u32, message: &str) {
+    put_option_reply(out, option, error, message.len() as u32);
+    out.extend_from_slice(message.as_bytes());
+}
+
+/// Handles one option: appends the replies to `out`; no I/O.
+fn handle_option(
+    option: u32,
+    data: &[u8],
+    export: &Export,
+    state: &mut State,
+    out: &mut Vec<u8>,
+) -> Next {
+    match option {
+        OPT_EXPORT_NAME => {
+            if !export.matches(data) {
+                return Next::Fail(format!(
+                    "client asked for unknown export '{}'",
+                    String::from_utf8_lossy(data)
+                ));
+            }
+            let structured = state.style != ReplyStyle::Simple;
+            out.extend_from_slice(&export.size().to_be_bytes());
+            out.extend_from_slice(&export.transmission_flags(structured).to_be_bytes());
+            if !state.no_zeroes {
+                out.extend_from_slice(&[0u8; 124]);
+            }
+            Next::Transmit
+        }
+        OPT_ABORT => {
+            put_option_reply(out, option, REP_ACK, 0);
+            Next::Abort
+        }
+        OPT_LIST => {
+            if !data.is_empty() {
+                error_reply(out, option, REP_ERR_INVALID, "NBD_OPT_LIST takes no data");
+                return Next::Continue;
+            }
+            let name = export.name.as_bytes();
+            let desc = export.description.as_deref().unwrap_or("").as_bytes();
+            put_option_reply(
+                out,
+                option,
+                REP_SERVER,
+                (4 + name.len() + desc.len()) as u32,
+            );
+            out.extend_from_slice(&(name.len() as u32).to_be_bytes());
+            out.extend_from_slice(name);
+            out.extend_from_slice(desc);
+            put_option_reply(out, option, REP_ACK, 0);
+            Next::Continue
+        }
+        OPT_INFO | OPT_GO => info_or_go(option, data, export, state, out),
+        OPT_STRUCTURED_REPLY => {
+            if !data.is_empty() {
+                error_reply(out, option, REP_ERR_INVALID, "option takes no data");
+            } else {
+                if state.style == ReplyStyle::Simple {
+                    state.style = ReplyStyle::Structured;
+                }
+                put_option_reply(out, option, REP_ACK, 0);
+            }
+            Next::Continue
+        }
+        OPT_EXTENDED_HEADERS => {
+            if !data.is_empty() {
+                error_reply(out, option, REP_ERR_INVALID, "option takes no data");
+            } else {
+                state.style = ReplyStyle::Extended;
+                put_option_reply(out, option, REP_ACK, 0);
+            }
+            Next::Continue
+        }
+        OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+            meta_context(option, data, export, state, out);
+            Next::Continue
+        }
+        OPT_STARTTLS => {
+            error_reply(out, option, REP_ERR_UNSUP, "TLS is not supported");
+            Next::Continue
+        }
+        _ => {
+            error_reply(out, option, REP_ERR_UNSUP, "option not supported");
+            Next::Continue
+        }
+    }
+}
+
+fn info_or_go(
+    option: u32,
+    data: &[u8],
+    export: &Export,
+    state: &mut State,
+    out: &mut Vec<u8>,
+) -> Next {
+    let mut r = Reader::new(data);
+    let parsed = (|| {
+        let name = r.string32()?;
+        let count = r.u16()? as usize;
+        let mut requests = Vec::with_capacity(count.min(16));
+        for _ in 0..count {
+            requests.push(r.u16()?);
+        }
+        (r.remaining() == 0).then_some((name, requests))
+    })();
+    let Some((name, requests)) = parsed else {
+        error_reply(out, option, REP_ERR_INVALID, "malformed NBD_OPT_INFO/GO");
+        return Next::Continue;
+    };
+    if !export.matches(name) {
+        error_reply(out, option, REP_ERR_UNKNOWN, "export not found");
+        return Next::Continue;
+    }
+    if requests.contains(&INFO_NAME) {
+        let n = export.name.as_bytes();
+        put_option_reply(out, option, REP_INFO, 2 + n.len() as u32);
+        out.extend_from_slice(&INFO_NAME.to_be_bytes());
+        out.extend_from_slice(n);
+    }
+    if let (true, Some(desc)) = (requests.contains(&INFO_DESCRIPTION), &export.description) {
+        put_option_reply(out, option, REP_INFO, 2 + desc.len() as u32);
+        out.extend_from_slice(&INFO_DESCRIPTION.to_be_bytes());
+        out.extend_from_slice(desc.as_bytes());
+    }
+    put_option_reply(out, option, REP_INFO, 14);
+    out.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
+    out.extend_from_slice(&MIN_BLOCK.to_be_bytes());
+    out.extend_from_slice(&PREFERRED_BLOCK.to_be_bytes());
+    out.extend_from_slice(&MAX_PAYLOAD.to_be_bytes());
+    let structured = state.style != ReplyStyle::Simple;
+    put_option_reply(out, option, REP_INFO, 12);
+    out.extend_from_slice(&INFO_EXPORT.to_be_bytes());
+    out.extend_from_slice(&export.size().to_be_bytes());
+    out.extend_from_slice(&export.transmission_flags(structured).to_be_bytes());
+    put_option_reply(out, option, REP_ACK, 0);
+    if option == OPT_GO {
+        Next::Transmit
+    } else {
+        Next::Continue
+    }
+}
+
+fn meta_context(option: u32, data: &[u8], export: &Export, state: &mut State, out: &mut Vec<u8>) {
+    if state.style == ReplyStyle::Simple {
+        error_reply(
+            out,
+            option,
+            REP_ERR_INVALID,
+            "negotiate structured replies first",
+        );
+        return;
+    }
+    let mut r = Reader::new(data);
+    let parsed = (|| {
+        let name = r.string32()?;
+        let count = r.u32()?;
+        let mut queries = Vec::new();
+        for _ in 0..count {
+            queries.push(r.string32()?);
+        }
+        (r.remaining() == 0).then_some((name, queries))
+    })();
+    let Some((name, queries)) = parsed else {
+        error_reply(
+            out,
+            option,
+            REP_ERR_INVALID,
+            "malformed meta context request",
+        );
+        return;
+    };
+    if !export.matches(name) {
+        error_reply(out, option, REP_ERR_UNKNOWN, "export not found");
+        return;
+    }
+    let listing = option == OPT_LIST_META_CONTEXT;
+    let wanted = if listing && queries.is_empty() {
+        true
+    } else {
+        queries.iter().any(|q| {
+            *q == BASE_ALLOCATION.as_bytes() || (listing && (*q == b"base:" || q.is_empty()))
+        })
+    };
+    if option == OPT_SET_META_CONTEXT {
+        state.base_allocation = wanted;
+    }
+    if wanted {
+        let id = if listing { 0 } else { BASE_ALLOCATION_ID };
+        put_option_reply(
+            out,
+            option,
+            REP_META_CONTEXT,
+            4 + BASE_ALLOCATION.len() as u32,
+        );
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(BASE_ALLOCATION.as_bytes());
+    }
+    put_option_reply(out, option, REP_ACK, 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nbd::backend::testing::Zeroes;
+    use std::sync::Arc;
+
+    fn export() -> Export {
+        Export {
+            name: "disk".into(),
+            description: Some("a disk".into()),
+            backend: Arc::new(Zeroes(12345)),
+            read_only: false,
+            multi_conn: true,
+        }
+    }
+
+    fn state() -> State {
+        State {
+            style: ReplyStyle::Simple,
+            base_allocation: false,
+            no_zeroes: true,
+        }
+    }
+
+    fn reply_types(out: &[u8]) -> Vec<u32> {
+        let mut types = Vec::new();
+        let mut r = Reader::new(out);
+        while r.remaining() > 0 {
+            assert_eq!(r.u64(), Some(OPTION_REPLY_MAGIC));
+            r.u32();
+            types.push(r.u32().unwrap());
+            let len = r.u32().unwrap() as usize;
+            r.bytes(len).unwrap();
+        }
+        types
+    }
+
+    fn go_request(name: &[u8], infos: &[u16]) -> Vec<u8> {
+        let mut d = (name.len() as u32).to_be_bytes().to_vec();
+        d.extend_from_slice(name);
+        d.extend_from_slice(&(infos.len() as u16).to_be_bytes());
+        for i in infos {
+            d.extend_from_slice(&i.to_be_bytes());
+        }
+        d
+    }
+
+    #[test]
+    fn go_answers_block_size_and_export_then_acks() {
+        let mut out = Vec::new();
+        let mut st = state();
+        let next = handle_option(
+            OPT_GO,
+            &go_request(b"disk", &[INFO_NAME, INFO_DESCRIPTION]),
+            &export(),
+            &mut st,
+            &mut out,
+        );
+        assert!(matches!(next, Next::Transmit));
+        assert_eq!(
+            reply_types(&out),
+            vec![REP_INFO, REP_INFO, REP_INFO, REP_INFO, REP_ACK]
+        );
+    }
+
+    #[test]
+    fn unknown_export_and_malformed_go_are_errors_not_crashes() {
+        let mut out = Vec::new();
+        let mut st = state();
+        let next = handle_option(
+            OPT_GO,
+            &go_request(b"nope", &[]),
+            &export(),
+            &mut st,
+            &mut out,
+        );
+        assert!(matches!(next, Next::Continue));
+        assert_eq!(reply_types(&out), vec![REP_ERR_UNKNOWN]);
+        for cut in 0..7 {
+            let mut out = Vec::new();
+            let req = go_request(b"disk", &[1]);
+            handle_option(OPT_GO, &req[..cut], &export(), &mut st, &mut out);
+            assert_eq!(reply_types(&out), vec![REP_ERR_INVALID]);
+        }
+    }
+
+    #[test]
+    fn meta_context_needs_structured_replies_and_selects_base_allocation() {
+        let mut req = 4u32.to_be_bytes().to_vec();
+        req.extend_from_slice(b"disk");
+        req.extend_from_slice(&1u32.to_be_bytes());
+        req.extend_from_slice(&(BASE_ALLOCATION.len() as u32).to_be_bytes());
+        req.extend_from_slice(BASE_ALLOCATION.as_bytes());
+        let mut st = state();
+        let mut out = Vec::new();
+        handle_option(OPT_SET_META_CONTEXT, &req, &export(), &mut st, &mut out);
+        assert_eq!(reply_types(&out), vec![REP_ERR_INVALID]);
+        let mut out = Vec::new();
+        handle_option(OPT_STRUCTURED_REPLY, &[], &export(), &mut st, &mut out);
+        let mut out = Vec::new();
+        handle_option(OPT_SET_META_CONTEXT, &req, &export(), &mut st, &mut out);
+        assert_eq!(reply_types(&out), vec![REP_META_CONTEXT, REP_ACK]);
+        assert!(st.base_allocation);
+    }
+
+    #[test]
+    fn unknown_options_are_unsupported() {
+        let mut st = state();
+        let mut out = Vec::new();
+        handle_option(99, &[1, 2, 3], &export(), &mut st, &mut out);
+        assert_eq!(reply_types(&out), vec![REP_ERR_UNSUP]);
+    }
+
+    #[test]
+    fn multi_conn_and_read_only_flags_are_truthful() {
+        let mut e = export();
+        assert_ne!(e.transmission_flags(false) & TFLAG_CAN_MULTI_CONN, 0);
+        e.read_only = true;
+        e.multi_conn = false;
+        let f = e.transmission_flags(true);
+        assert_ne!(f & TFLAG_READ_ONLY, 0);
+        assert_eq!(
+            f & (TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES | TFLAG_CAN_MULTI_CONN),
+            0
+        );
+        assert_ne!(f & TFLAG_SEND_DF, 0);
+    }
+}

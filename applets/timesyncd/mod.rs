@@ -1,0 +1,33 @@
+//! `timesyncd`: keeps the system clock in step with NTP servers, with
+//! systemd-timesyncd's configuration and busybox ntpd's command line.
+//!
+//! The protocol and every decision live in a sans-IO core: `packet` (wire
+//! format), `filter` (samples, spikes, selection), `poll` (interval),
+//! `discipline` (phase and frequency), `source` and `engine` (servers,
+//! failover, rounds), over a `clock` backend trait (real, simulated, none).
+//! The tokio shell around it is `manager` (sockets with kernel receive
+//! timestamps, `resolve` with hickory, timers, `clockwatch`, `clockfile`,
+//! `status`, `hook`); `options` and `config` read the command line and
+//! timesyncd.conf; `sim` is the deterministic simulator for the tests.
+
+pub mod clock;
+pub mod clockfile;
+pub mod clockwatch;
+pub mod config;
+pub mod discipline;
+pub mod engine;
+pub mod filter;
+pub mod hook;
+pub mod manager;
+pub mod options;
+pub mod packet;
+pub mod poll;
+pub mod random;
+pub mod resolve;
+#[cfg(test)]
+mod sim;
+pub mod socket;
+pub mod source;
+pub mod status;
+
+pub use options::parse;

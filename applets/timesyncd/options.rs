@@ -1,0 +1,351 @@
+//! The command line (timesyncd's own options plus busybox ntpd's
+//! spellings), validated together with timesyncd.conf into a [`Config`].
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use clap::{ArgAction, Parser};
+
+use super::config::{self, parse_server, Server, TimeConfig};
+use super::source::ServerSpec;
+use super::{clockfile, status};
+use crate::service::{HostOptions, Launch};
+
+pub const DEFAULT_CONFIG: &str = "/etc/toolbox/timesyncd.conf";
+/// Used when nothing else is configured (systemd builds in a similar list).
+pub const DEFAULT_FALLBACK: &[&str] = &[
+    "0.pool.ntp.org",
+    "1.pool.ntp.org",
+    "2.pool.ntp.org",
+    "3.pool.ntp.org",
+];
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "timesyncd",
+    about = "Keep the system clock in step with NTP servers",
+    override_usage = "timesyncd [OPTIONS]\n       timesyncd -q|-Q [-s SERVER]...\n       timesyncd --status",
+    disable_version_flag = true
+)]
+struct Args {
+    /// NTP server, HOST[:PORT] or [IPv6]:PORT (repeatable; busybox: -p)
+    #[arg(
+        short = 's',
+        long = "server",
+        short_alias = 'p',
+        value_name = "HOST[:PORT]"
+    )]
+    servers: Vec<String>,
+    /// Configuration file in timesyncd.conf syntax
+    #[arg(short = 'c', long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Stay in the foreground (busybox: -n)
+    #[arg(short = 'f', long, short_alias = 'n')]
+    foreground: bool,
+    /// Set the clock once and exit
+    #[arg(short = 'q')]
+    once: bool,
+    /// Measure once, print offset, delay, server and stratum, change nothing (busybox: -w)
+    #[arg(short = 'Q', long = "dry-run", short_alias = 'w')]
+    dry_run: bool,
+    /// Run as the daemon but never change the clock
+    #[arg(long = "no-adjust")]
+    no_adjust: bool,
+    /// Print the running daemon's state
+    #[arg(long)]
+    status: bool,
+    /// Run PROG step|stratum|periodic|unsync on events (busybox)
+    #[arg(short = 'S', value_name = "PROG")]
+    script: Option<PathBuf>,
+    /// More messages (repeatable; busybox: -d)
+    #[arg(short = 'v', long, action = ArgAction::Count, short_alias = 'd')]
+    verbose: u8,
+    /// busybox's "run at high priority": accepted, ignored
+    #[arg(short = 'N', hide = true)]
+    nice: bool,
+    /// Store the daemon's process id in PATH
+    #[arg(long = "pid-file", value_name = "PATH")]
+    pid_file: Option<PathBuf>,
+    /// State file for --status [env TIMESYNCD_STATE_FILE]
+    #[arg(long = "state-file", value_name = "PATH")]
+    state_file: Option<PathBuf>,
+    /// Clock file [env TIMESYNCD_CLOCK_FILE]
+    #[arg(long = "clock-file", value_name = "PATH")]
+    clock_file: Option<PathBuf>,
+    /// Print version information
+    #[arg(short = 'V', long)]
+    version: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Daemon,
+    /// `-q`: set the clock once.
+    Once,
+    /// `-Q`: measure once, touch nothing.
+    DryRun,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub mode: Mode,
+    pub adjust: bool,
+    pub foreground: bool,
+    pub cli_servers: Vec<Server>,
+    /// The file to (re)read; `explicit` when given with -c.
+    pub config_path: PathBuf,
+    pub config_explicit: bool,
+    pub time: TimeConfig,
+    pub script: Option<PathBuf>,
+    pub verbose: u8,
+    pub pid_file: Option<PathBuf>,
+    pub state_file: PathBuf,
+    pub clock_file: PathBuf,
+}
+
+impl Config {
+    /// The servers to use: -s replaces NTP= (and then FallbackNTP= applies
+    /// only if the file sets it); without either, the built-in fallback.
+    pub fn servers(&self) -> Result<Vec<ServerSpec>, String> {
+        let spec = |s: &Server, fallback: bool| ServerSpec {
+            host: s.host.clone(),
+            port: s.port,
+            fallback,
+        };
+        let primaries: Vec<Server> = if self.cli_servers.is_empty() {
+            self.time.ntp.clone().unwrap_or_default()
+        } else {
+            self.cli_servers.clone()
+        };
+        let fallback: Vec<Server> = match (&self.time.fallback_ntp, self.cli_servers.is_empty()) {
+            (Some(list), _) => list.clone(),
+            (None, true) => DEFAULT_FALLBACK
+                .iter()
+                .filter_map(|h| parse_server(h).ok())
+                .collect(),
+            (None, false) => vec![],
+        };
+        let mut out: Vec<ServerSpec> = primaries.iter().map(|s| spec(s, false)).collect();
+        out.extend(fallback.iter().map(|s| spec(s, true)));
+        if out.is_empty() {
+            return Err(format!(
+                "no NTP servers configured (use -s, or NTP= in {})",
+                self.config_path.display()
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Rereads the configuration file (SIGHUP).
+    pub fn reload(&self) -> Result<Config, String> {
+        let (time, warnings) = load_file(&self.config_path, self.config_explicit)?;
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        let next = Config {
+            time,
+            ..self.clone()
+        };
+        next.servers()?;
+        Ok(next)
+    }
+}
+
+/// Reads and parses the file; a missing default file is no error.
+pub fn load_file(path: &Path, explicit: bool) -> Result<(TimeConfig, Vec<String>), String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            return Ok((TimeConfig::default(), vec![]))
+        }
+        Err(e) => {
+            return Err(format!(
+                "cannot read {}: {}",
+                path.display(),
+                crate::service::io_text(&e)
+            ))
+        }
+    };
+    let parsed = config::parse(&text, &path.display().to_string())?;
+    Ok((parsed.config, parsed.warnings))
+}
+
+fn env_path(option: Option<PathBuf>, var: &str, default: &str) -> PathBuf {
+    option
+        .or_else(|| {
+            std::env::var_os(var)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(default))
+}
+
+/// The applet's entry: parse, validate, and hand back the service.
+pub fn parse(argv: &[OsString]) -> Result<Launch, i32> {
+    let args: Args = crate::service::parse_args(argv)?;
+    if args.version {
+        println!("timesyncd (toolbox) {}", env!("CARGO_PKG_VERSION"));
+        return Err(0);
+    }
+    if args.status {
+        let path = env_path(
+            args.state_file,
+            "TIMESYNCD_STATE_FILE",
+            status::DEFAULT_PATH,
+        );
+        return Err(print_status(&path));
+    }
+    let (config, warnings) = validate(args).map_err(|msg| {
+        eprintln!("timesyncd: {msg}");
+        1
+    })?;
+    for w in &warnings {
+        eprintln!("timesyncd: warning: {w}");
+    }
+    let host = HostOptions {
+        daemonize: config.mode == Mode::Daemon && !config.foreground,
+        pid_file: config.pid_file.clone(),
+        threads: 1,
+        verbosity: config.verbose,
+        base_level: Some(tracing::Level::WARN),
+        ..HostOptions::default()
+    };
+    Ok(super::manager::launch(config, host))
+}
+
+fn validate(args: Args) -> Result<(Config, Vec<String>), String> {
+    if args.once && args.dry_run {
+        return Err("-q and -Q cannot be used together".into());
+    }
+    let _ = args.nice;
+    let cli_servers = args
+        .servers
+        .iter()
+        .map(|s| parse_server(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let config_explicit = args.config.is_some();
+    let config_path = args.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let (time, warnings) = load_file(&config_path, config_explicit)?;
+    let mode = if args.dry_run {
+        Mode::DryRun
+    } else if args.once {
+        Mode::Once
+    } else {
+        Mode::Daemon
+    };
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+    let config = Config {
+        mode,
+        adjust: mode != Mode::DryRun && !args.no_adjust,
+        foreground: args.foreground || mode != Mode::Daemon,
+        cli_servers,
+        config_path: absolute(config_path),
+        config_explicit,
+        time,
+        script: args.script.map(absolute),
+        verbose: args.verbose,
+        pid_file: args.pid_file.map(absolute),
+        state_file: absolute(env_path(
+            args.state_file,
+            "TIMESYNCD_STATE_FILE",
+            status::DEFAULT_PATH,
+        )),
+        clock_file: absolute(env_path(
+            args.clock_file,
+            "TIMESYNCD_CLOCK_FILE",
+            clockfile::DEFAULT_PATH,
+        )),
+    };
+    config.servers()?;
+    Ok((config, warnings))
+}
+
+/// `--status`: 0 when the daemon is running, 1 otherwise.
+fn print_status(path: &Path) -> i32 {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!(
+                "timesyncd: no state in {} ({}): is the daemon running?",
+                path.display(),
+                crate::service::io_text(&e)
+            );
+            return 1;
+        }
+    };
+    let snapshot = status::Snapshot::decode(&text);
+    let running = snapshot.pid != 0 && {
+        // SAFETY: signal 0 only checks that the process exists.
+        let rc = unsafe { libc::kill(snapshot.pid as i32, 0) };
+        rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    };
+    print!("{}", snapshot.render(running));
+    if running {
+        0
+    } else {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config, String> {
+        let argv: Vec<OsString> = std::iter::once("timesyncd")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        validate(Args::try_parse_from(argv).map_err(|e| e.to_string())?).map(|(c, _)| c)
+    }
+
+    #[test]
+    fn busybox_spellings_mean_the_same() {
+        let c = config(&["-p", "10.0.0.1", "-n"]).unwrap();
+        assert_eq!(c.cli_servers, vec![parse_server("10.0.0.1").unwrap()]);
+        assert!(c.foreground);
+        let c = config(&["-w", "-p", "10.0.0.1"]).unwrap();
+        assert_eq!(c.mode, Mode::DryRun);
+        assert!(!c.adjust);
+        let c = config(&["-d", "-d", "-s", "h.example"]).unwrap();
+        assert_eq!(c.verbose, 2);
+    }
+
+    #[test]
+    fn one_shot_modes() {
+        let c = config(&["-q", "-s", "10.0.0.1"]).unwrap();
+        assert_eq!(c.mode, Mode::Once);
+        assert!(c.adjust && c.foreground);
+        let c = config(&["-q", "--no-adjust", "-s", "10.0.0.1"]).unwrap();
+        assert!(!c.adjust);
+        assert!(config(&["-q", "-Q", "-s", "10.0.0.1"]).is_err());
+    }
+
+    #[test]
+    fn cli_servers_replace_ntp_and_drop_the_builtin_fallback() {
+        let c = config(&["-s", "[::1]:1123", "-s", "a.example"]).unwrap();
+        let servers = c.servers().unwrap();
+        assert_eq!(servers.len(), 2);
+        assert!(servers.iter().all(|s| !s.fallback));
+        assert_eq!(servers[0].display(), "[::1]:1123");
+    }
+
+    #[test]
+    fn no_servers_at_all_uses_the_builtin_fallback() {
+        let c = config(&[]).unwrap();
+        let servers = c.servers().unwrap();
+        assert!(!servers.is_empty() && servers.iter().all(|s| s.fallback));
+    }
+
+    #[test]
+    fn bad_server_is_named() {
+        let e = config(&["-s", "bad..name"]).unwrap_err();
+        assert!(e.contains("bad..name"), "{e}");
+    }
+
+    #[test]
+    fn explicit_missing_config_is_an_error() {
+        let e = config(&["-c", "/nonexistent/x.conf", "-s", "10.0.0.1"]).unwrap_err();
+        assert!(e.contains("/nonexistent/x.conf"), "{e}");
+    }
+}

@@ -1,0 +1,23 @@
+//! `zcip`: claims and defends an IPv4 link-local address (RFC 3927 with
+//! RFC 5227), with busybox zcip's command line and script interface.
+//!
+//! Modules: `options` (command line), `state` (the protocol: a state machine
+//! fed events and the time, no I/O), `arp` (packet format), `filter` (the
+//! kernel packet filter), `socket` (the AF_PACKET socket), `netlink` (link
+//! and address monitoring), `interface` (index and MAC), `script` (running
+//! the user's script), `last_address` (the state file), `random` (the
+//! seeded generator), `service` (the tokio shell that ties them together).
+
+pub mod arp;
+pub mod filter;
+pub mod interface;
+pub mod last_address;
+pub mod netlink;
+pub mod options;
+pub mod random;
+pub mod script;
+pub mod service;
+pub mod socket;
+pub mod state;
+
+pub use options::parse;

@@ -1,0 +1,399 @@
+//! Link and address monitoring over rtnetlink: a NETLINK_ROUTE socket in
+//! the link and IPv4 address groups, and a parser (no I/O) that turns the
+//! kernel's messages about one interface into [`LinkEvent`]s.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use tokio::io::unix::AsyncFd;
+
+const NLMSG_HEADER_LEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_GETLINK: u16 = 18;
+const RTM_DELADDR: u16 = 21;
+/// struct ifinfomsg: family, pad, type, index, flags, change.
+const IFINFOMSG_LEN: usize = 16;
+/// struct ifaddrmsg: family, prefixlen, flags, scope, index.
+const IFADDRMSG_LEN: usize = 8;
+const RTA_HEADER_LEN: usize = 4;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const AF_INET: u8 = libc::AF_INET as u8;
+const IFF_UP: u32 = libc::IFF_UP as u32;
+const IFF_LOWER_UP: u32 = libc::IFF_LOWER_UP as u32;
+const RTMGRP_LINK: u32 = 0x1;
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+
+/// What the kernel said about our interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// The interface's state: usable (up with carrier) or not.
+    Link {
+        usable: bool,
+    },
+    Removed,
+    AddressRemoved(Ipv4Addr),
+}
+
+/// Parses a datagram of netlink messages, keeping those about `ifindex`.
+/// Truncated or malformed messages end the parse; what came before stands.
+pub fn parse(datagram: &[u8], ifindex: u32) -> Vec<LinkEvent> {
+    let mut events = Vec::new();
+    let mut rest = datagram;
+    while rest.len() >= NLMSG_HEADER_LEN {
+        let length = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+        if length < NLMSG_HEADER_LEN || length > rest.len() {
+            break;
+        }
+        let body = &rest[NLMSG_HEADER_LEN..length];
+        match kind {
+            RTM_NEWLINK | RTM_DELLINK => {
+                if let Some((index, flags)) = link_header(body) {
+                    if index == ifindex {
+                        events.push(if kind == RTM_DELLINK {
+                            LinkEvent::Removed
+                        } else {
+                            LinkEvent::Link {
+                                usable: flags & IFF_UP != 0 && flags & IFF_LOWER_UP != 0,
+                            }
+                        });
+                    }
+                }
+            }
+            RTM_DELADDR => {
+                if let Some(address) = removed_address(body, ifindex) {
+                    events.push(LinkEvent::AddressRemoved(address));
+                }
+            }
+            _ => {}
+        }
+        rest = rest.get(align(length)..).unwrap_or(&[]);
+    }
+    events
+}
+
+fn align(length: usize) -> usize {
+    (length + 3) & !3
+}
+
+/// (index, flags) of an ifinfomsg.
+fn link_header(body: &[u8]) -> Option<(u32, u32)> {
+    let header = body.get(..IFINFOMSG_LEN)?;
+    let index = i32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
+    let flags = u32::from_ne_bytes([header[8], header[9], header[10], header[11]]);
+    Some((u32::try_from(index).ok()?, flags))
+}
+
+/// The IPv4 address an RTM_DELADDR about `ifindex` removes.
+fn removed_address(body: &[u8], ifindex: u32) -> Option<Ipv4Addr> {
+    let header = body.get(..IFADDRMSG_LEN)?;
+    let index = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
+    if header[0] != AF_INET || index != ifindex {
+        return None;
+    }
+    let mut local = None;
+    let mut address = None;
+    let mut attributes = &body[IFADDRMSG_LEN..];
+    while attributes.len() >= RTA_HEADER_LEN {
+        let length = usize::from(u16::from_ne_bytes([attributes[0], attributes[1]]));
+        let kind = u16::from_ne_bytes([attributes[2], attributes[3]]);
+        if length < RTA_HEADER_LEN || length > attributes.len() {
+            break;
+        }
+        let value = &attributes[RTA_HEADER_LEN..length];
+        if let Ok(octets) = <[u8; 4]>::try_from(value) {
+            match kind {
+                IFA_LOCAL => local = Some(Ipv4Addr::from(octets)),
+                IFA_ADDRESS => address = Some(Ipv4Addr::from(octets)),
+                _ => {}
+            }
+        }
+        attributes = attributes.get(align(length)..).unwrap_or(&[]);
+    }
+    // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's
+    // on point-to-point links and the same otherwise.
+    local.or(address)
+}
+
+/// A NETLINK_ROUTE socket subscribed to link and IPv4 address changes.
+pub struct RouteSocket {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl RouteSocket {
+    pub fn open() -> io::Result<RouteSocket> {
+        // SAFETY: plain socket creation.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_nl is plain data.
+        let mut address: libc::sockaddr_nl = unsafe { zeroed() };
+        address.nl_family = libc::AF_NETLINK as u16;
+        address.nl_groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR;
+        // SAFETY: `address` is a valid sockaddr_nl of the size given.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&address as *const libc::sockaddr_nl).cast(),
+                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(RouteSocket {
+            // SAFETY: the OwnedFd moves into the AsyncFd, which keeps it
+            // open and unchanged until dropped.
+            fd: unsafe { AsyncFd::register(fd) }?,
+        })
+    }
+
+    /// Asks the kernel for the interface's current state; the answer
+    /// arrives through [`recv`](Self::recv) like any change.
+    pub fn request_link(&self, ifindex: u32) -> io::Result<()> {
+        let mut message = [0u8; NLMSG_HEADER_LEN + IFINFOMSG_LEN];
+        let total = message.len() as u32;
+        message[0..4].copy_from_slice(&total.to_ne_bytes());
+        message[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
+        message[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+        message[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        message[NLMSG_HEADER_LEN + 4..NLMSG_HEADER_LEN + 8]
+            .copy_from_slice(&(ifindex as i32).to_ne_bytes());
+        // SAFETY: sockaddr_nl is plain data; pid 0 is the kernel.
+        let mut kernel: libc::sockaddr_nl = unsafe { zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: `message` and `kernel` are valid for the call.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                message.as_ptr().cast(),
+                message.len(),
+                0,
+                (&kernel as *const libc::sockaddr_nl).cast(),
+                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The next datagram from the kernel (anything from another sender is
+    /// skipped). ENOBUFS means events were lost: the caller re-asks.
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let received = ready.try_io(|fd| {
+                // SAFETY: sockaddr_nl is plain data.
+                let mut from: libc::sockaddr_nl = unsafe { zeroed() };
+                let mut from_len = size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+                // SAFETY: `buf` and `from` are valid for writes of the sizes given.
+                let n = unsafe {
+                    libc::recvfrom(
+                        fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        0,
+                        (&mut from as *mut libc::sockaddr_nl).cast(),
+                        &mut from_len,
+                    )
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok((n as usize, from.nl_pid))
+                }
+            });
+            match received {
+                Ok(Ok((n, 0))) => return Ok(n),
+                Ok(Ok(_from_user_space)) => continue,
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// Whether a datagram is an error answer to our request (logged by the caller).
+pub fn is_error(datagram: &[u8]) -> bool {
+    datagram.len() >= NLMSG_HEADER_LEN
+        && u16::from_ne_bytes([datagram[4], datagram[5]]) == NLMSG_ERROR
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: u16, body: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&((NLMSG_HEADER_LEN + body.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&[0; 10]);
+        m.extend_from_slice(body);
+        while m.len() % 4 != 0 {
+            m.push(0);
+        }
+        m
+    }
+
+    fn link(kind: u16, index: i32, flags: u32) -> Vec<u8> {
+        let mut body = vec![0u8; IFINFOMSG_LEN];
+        body[4..8].copy_from_slice(&index.to_ne_bytes());
+        body[8..12].copy_from_slice(&flags.to_ne_bytes());
+        // An attribute after the header (IFLA_MTU), ignored.
+        body.extend_from_slice(&8u16.to_ne_bytes());
+        body.extend_from_slice(&4u16.to_ne_bytes());
+        body.extend_from_slice(&1500u32.to_ne_bytes());
+        message(kind, &body)
+    }
+
+    fn address(kind: u16, family: u8, index: u32, attributes: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut body = vec![family, 16, 0, 253];
+        body.extend_from_slice(&index.to_ne_bytes());
+        for (kind, value) in attributes {
+            body.extend_from_slice(&((RTA_HEADER_LEN + value.len()) as u16).to_ne_bytes());
+            body.extend_from_slice(&kind.to_ne_bytes());
+            body.extend_from_slice(value);
+            while body.len() % 4 != 0 {
+                body.push(0);
+            }
+        }
+        message(kind, &body)
+    }
+
+    #[test]
+    fn link_state_needs_both_up_and_carrier() {
+        let up = IFF_UP | IFF_LOWER_UP | libc::IFF_RUNNING as u32;
+        assert_eq!(
+            parse(&link(RTM_NEWLINK, 7, up), 7),
+            vec![LinkEvent::Link { usable: true }]
+        );
+        assert_eq!(
+            parse(&link(RTM_NEWLINK, 7, IFF_UP), 7),
+            vec![LinkEvent::Link { usable: false }]
+        );
+        assert_eq!(
+            parse(&link(RTM_NEWLINK, 7, IFF_LOWER_UP), 7),
+            vec![LinkEvent::Link { usable: false }]
+        );
+        assert_eq!(parse(&link(RTM_DELLINK, 7, 0), 7), vec![LinkEvent::Removed]);
+    }
+
+    #[test]
+    fn other_interfaces_are_ignored() {
+        assert_eq!(parse(&link(RTM_NEWLINK, 8, IFF_UP), 7), vec![]);
+        assert_eq!(parse(&link(RTM_DELLINK, 8, 0), 7), vec![]);
+        let a: &[u8] = &[169, 254, 1, 2];
+        assert_eq!(
+            parse(&address(RTM_DELADDR, AF_INET, 8, &[(IFA_LOCAL, a)]), 7),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn removed_addresses_prefer_ifa_local() {
+        let local: &[u8] = &[169, 254, 1, 2];
+        let peer: &[u8] = &[169, 254, 9, 9];
+        assert_eq!(
+            parse(
+                &address(
+                    RTM_DELADDR,
+                    AF_INET,
+                    7,
+                    &[(IFA_ADDRESS, peer), (IFA_LOCAL, local)]
+                ),
+                7
+            ),
+            vec![LinkEvent::AddressRemoved(Ipv4Addr::new(169, 254, 1, 2))]
+        );
+        assert_eq!(
+            parse(&address(RTM_DELADDR, AF_INET, 7, &[(IFA_ADDRESS, peer)]), 7),
+            vec![LinkEvent::AddressRemoved(Ipv4Addr::new(169, 254, 9, 9))]
+        );
+        // IPv6 and new addresses are not ours to watch.
+        assert_eq!(
+            parse(&address(RTM_DELADDR, 10, 7, &[(IFA_LOCAL, local)]), 7),
+            vec![]
+        );
+        assert_eq!(
+            parse(&address(20, AF_INET, 7, &[(IFA_LOCAL, local)]), 7),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn several_messages_in_one_datagram() {
+        let mut datagram = link(RTM_NEWLINK, 7, 0);
+        datagram.extend(link(RTM_NEWLINK, 7, IFF_UP | IFF_LOWER_UP));
+        assert_eq!(
+            parse(&datagram, 7),
+            vec![
+                LinkEvent::Link { usable: false },
+                LinkEvent::Link { usable: true }
+            ]
+        );
+    }
+
+    #[test]
+    fn truncated_and_lying_lengths_stop_the_parse_without_panicking() {
+        let whole = link(RTM_NEWLINK, 7, IFF_UP | IFF_LOWER_UP);
+        for cut in 0..whole.len() {
+            let _ = parse(&whole[..cut], 7);
+        }
+        let mut lying = whole.clone();
+        lying[0..4].copy_from_slice(&1000u32.to_ne_bytes());
+        assert_eq!(parse(&lying, 7), vec![]);
+        let mut tiny = whole.clone();
+        tiny[0..4].copy_from_slice(&4u32.to_ne_bytes());
+        assert_eq!(parse(&tiny, 7), vec![]);
+        // A short ifinfomsg body.
+        assert_eq!(parse(&message(RTM_NEWLINK, &[0; 8]), 7), vec![]);
+        // An attribute claiming more than is there.
+        let mut bad = address(RTM_DELADDR, AF_INET, 7, &[(IFA_LOCAL, &[169, 254, 1, 2])]);
+        let at = NLMSG_HEADER_LEN + IFADDRMSG_LEN;
+        bad[at..at + 2].copy_from_slice(&200u16.to_ne_bytes());
+        assert_eq!(parse(&bad, 7), vec![]);
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = crate::zcip::random::SplitMix64::new(7);
+        let valid = link(RTM_NEWLINK, 7, IFF_UP | IFF_LOWER_UP);
+        for _ in 0..20_000 {
+            let mut bytes = if rng.below(2) == 0 {
+                valid.clone()
+            } else {
+                (0..rng.below(64)).map(|_| rng.next_u64() as u8).collect()
+            };
+            for _ in 0..rng.below(4) {
+                if !bytes.is_empty() {
+                    let at = rng.below(bytes.len() as u64) as usize;
+                    bytes[at] = rng.next_u64() as u8;
+                }
+            }
+            let _ = parse(&bytes, 7);
+            let _ = is_error(&bytes);
+        }
+    }
+
+    #[test]
+    fn error_answers_are_recognised() {
+        assert!(is_error(&message(NLMSG_ERROR, &[0; 20])));
+        assert!(!is_error(&link(RTM_NEWLINK, 7, 0)));
+    }
+}

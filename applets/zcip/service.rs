@@ -1,0 +1,281 @@
+//! The tokio shell around the state machine: it turns the ARP socket, the
+//! netlink socket, the timer and the shutdown request into events, feeds
+//! them to [`Machine`] with the time, and performs the actions it returns
+//! (send, arm the timer, swap the filter, run the script).
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, warn};
+
+use super::arp::{mac_text, ArpPacket};
+use super::filter;
+use super::interface::Interface;
+use super::last_address::LastAddress;
+use super::netlink::{self, LinkEvent, RouteSocket};
+use super::options::Config;
+use super::random::SplitMix64;
+use super::script::{Script, Step};
+use super::socket::ArpSocket;
+use super::state::{Action, Event, Exit, Machine, Settings};
+use crate::service::{io_text, Context, HostOptions, Launch, ServiceError, ServiceResult};
+
+/// Room for an ARP packet plus link padding; longer packets are cut, and
+/// only their first 28 bytes are read anyway.
+const FRAME_BUFFER: usize = 128;
+/// Netlink datagrams can carry many messages.
+const NETLINK_BUFFER: usize = 32 * 1024;
+/// Pause after a receive error on the ARP socket, so that a persistent one
+/// cannot spin; netlink reports what caused it.
+const RECEIVE_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+pub fn launch(config: Config, host: HostOptions) -> Launch {
+    Launch::new(host, move |ctx| run(config, ctx))
+}
+
+async fn run(config: Config, ctx: Context) -> ServiceResult {
+    let interface = Interface::lookup(&config.interface)?;
+    let script = Script {
+        path: config.script.clone(),
+        interface: config.interface.clone(),
+    };
+    // `init` failing stops zcip, before it reports being started.
+    script
+        .run(Step::Init, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let route = RouteSocket::open()
+        .map_err(|e| format!("cannot open a netlink socket: {}", io_text(&e)))?;
+    route
+        .request_link(interface.index)
+        .map_err(|e| format!("cannot query {}: {}", interface.name, io_text(&e)))?;
+    let arp =
+        ArpSocket::open(interface.index, &filter::program(interface.mac, None)).map_err(|e| {
+            format!(
+                "cannot open an ARP socket on {}: {}",
+                interface.name,
+                io_text(&e)
+            )
+        })?;
+    let last_address = LastAddress::new(&config.state_dir, &config.interface);
+    let address_seed = SplitMix64::seed_from_mac(interface.mac);
+    let machine = Machine::new(Settings {
+        mac: interface.mac,
+        network: config.network,
+        preferred: config
+            .request
+            .into_iter()
+            .chain(last_address.load())
+            .collect(),
+        quit_when_bound: config.quit,
+        address_seed,
+        delay_seed: address_seed ^ clock_noise(),
+    });
+    // Don't delay boot: the address comes later.
+    ctx.ready();
+    info!("start, interface {}", interface.name);
+    let shell = Shell {
+        interface,
+        script,
+        last_address,
+        arp,
+        route,
+        machine,
+        start: Instant::now(),
+        deadline: None,
+        link_usable: None,
+    };
+    shell.run(&ctx).await
+}
+
+/// Varies the random delays between runs on one host.
+fn clock_noise() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+struct Shell {
+    interface: Interface,
+    script: Script,
+    last_address: LastAddress,
+    arp: ArpSocket,
+    route: RouteSocket,
+    machine: Machine,
+    start: Instant,
+    /// When to deliver [`Event::Timer`], relative to `start`.
+    deadline: Option<Duration>,
+    /// The last link state reported to the machine; `None` before the first.
+    link_usable: Option<bool>,
+}
+
+impl Shell {
+    async fn run(mut self, ctx: &Context) -> ServiceResult {
+        let mut shutdown = ctx.shutdown();
+        let mut frame = [0u8; FRAME_BUFFER];
+        let mut datagram = vec![0u8; NETLINK_BUFFER];
+        loop {
+            let mut events = Vec::new();
+            tokio::select! {
+                _ = shutdown.requested() => events.push(Event::Shutdown),
+                _ = sleep_until(self.start, self.deadline), if self.deadline.is_some() => {
+                    events.push(Event::Timer);
+                }
+                received = self.arp.recv(&mut frame) => match received {
+                    Ok(len) => match ArpPacket::parse(&frame[..len.min(FRAME_BUFFER)]) {
+                        Ok(packet) => events.push(Event::Frame(packet)),
+                        Err(e) => debug!("dropped a malformed ARP packet: {e}"),
+                    },
+                    Err(e) => {
+                        debug!("ARP socket: {}", io_text(&e));
+                        tokio::time::sleep(RECEIVE_ERROR_PAUSE).await;
+                    }
+                },
+                received = self.route.recv(&mut datagram) => match received {
+                    Ok(len) => self.link_events(&datagram[..len.min(NETLINK_BUFFER)], &mut events),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                        warn!("link events were lost; asking the kernel again");
+                        if let Err(e) = self.route.request_link(self.interface.index) {
+                            warn!("cannot query {}: {}", self.interface.name, io_text(&e));
+                        }
+                    }
+                    Err(e) => return Err(format!("netlink: {}", io_text(&e)).into()),
+                },
+            }
+            for event in events {
+                let actions = self.machine.handle(event, self.start.elapsed());
+                for action in actions {
+                    if let Some(exit) = self.perform(action, ctx).await? {
+                        return exit;
+                    }
+                }
+            }
+        }
+    }
+
+    fn link_events(&mut self, datagram: &[u8], events: &mut Vec<Event>) {
+        if netlink::is_error(datagram) {
+            warn!(
+                "the kernel refused the link query for {}",
+                self.interface.name
+            );
+        }
+        for link_event in netlink::parse(datagram, self.interface.index) {
+            match link_event {
+                LinkEvent::Link { usable } => {
+                    if self.link_usable == Some(usable) {
+                        continue;
+                    }
+                    let first = self.link_usable.is_none();
+                    self.link_usable = Some(usable);
+                    match (usable, first) {
+                        (true, _) => {
+                            if !first {
+                                info!("{}: carrier back", self.interface.name);
+                            }
+                            events.push(Event::LinkUp);
+                        }
+                        (false, true) => {
+                            info!("{}: no carrier yet, waiting", self.interface.name);
+                            events.push(Event::LinkDown);
+                        }
+                        (false, false) => {
+                            info!("{}: carrier lost", self.interface.name);
+                            events.push(Event::LinkDown);
+                        }
+                    }
+                }
+                LinkEvent::Removed => {
+                    warn!("interface {} disappeared", self.interface.name);
+                    events.push(Event::InterfaceGone);
+                }
+                LinkEvent::AddressRemoved(address) => events.push(Event::AddressRemoved(address)),
+            }
+        }
+    }
+
+    /// Performs one action; `Some(result)` ends the service.
+    async fn perform(
+        &mut self,
+        action: Action,
+        ctx: &Context,
+    ) -> Result<Option<ServiceResult>, ServiceError> {
+        let mac = self.interface.mac;
+        match action {
+            Action::SendProbe(candidate) => {
+                debug!("probe {candidate}");
+                self.send(ArpPacket::probe(mac, candidate)).await;
+            }
+            Action::SendAnnouncement(address) => {
+                debug!("announce {address}");
+                self.send(ArpPacket::announcement(mac, address)).await;
+            }
+            Action::ArmTimer(at) => self.deadline = Some(at),
+            Action::CancelTimer => self.deadline = None,
+            Action::Watch(address) => {
+                if let Some(candidate) = address {
+                    if self.machine.configured() != Some(candidate) {
+                        info!("probing {candidate}");
+                    }
+                }
+                self.arp
+                    .set_filter(&filter::program(mac, address))
+                    .map_err(|e| format!("cannot set the ARP filter: {}", io_text(&e)))?;
+            }
+            Action::Conflict { address, sender } => {
+                info!("conflict: {} claims {address}", mac_text(&sender));
+            }
+            Action::Config(address) => {
+                info!("config {} {address}", self.interface.name);
+                self.run_script(Step::Config, address).await;
+                ctx.status(&format!("{address} on {}", self.interface.name));
+                if let Err(e) = self.last_address.save(address) {
+                    warn!(
+                        "cannot remember {address} in {}: {}",
+                        self.last_address.path().display(),
+                        io_text(&e)
+                    );
+                }
+            }
+            Action::Deconfig(address) => {
+                info!("deconfig {} {address}", self.interface.name);
+                self.run_script(Step::Deconfig, address).await;
+                ctx.status(&format!("no address on {}", self.interface.name));
+            }
+            Action::Exit(Exit::Done) => return Ok(Some(Ok(()))),
+            Action::Exit(Exit::InterfaceGone) => {
+                return Ok(Some(Err(format!(
+                    "interface {} disappeared",
+                    self.interface.name
+                )
+                .into())))
+            }
+        }
+        Ok(None)
+    }
+
+    async fn send(&self, packet: ArpPacket) {
+        if let Err(e) = self.arp.send(&packet.to_bytes()).await {
+            warn!(
+                "cannot send an ARP packet on {}: {}",
+                self.interface.name,
+                io_text(&e)
+            );
+        }
+    }
+
+    async fn run_script(&self, step: Step, address: Ipv4Addr) {
+        if let Err(e) = self.script.run(step, Some(address)).await {
+            error!("{e}");
+        }
+    }
+}
+
+async fn sleep_until(start: Instant, at: Option<Duration>) {
+    match at {
+        Some(at) => tokio::time::sleep_until((start + at).into()).await,
+        None => std::future::pending().await,
+    }
+}

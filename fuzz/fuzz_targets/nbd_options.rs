@@ -1,0 +1,60 @@
+//! The NBD option phase (server side) fed arbitrary client bytes. Checks
+//! that every reply the server sends is well framed.
+#![no_main]
+
+#[path = "mem_backend.rs"]
+mod mem_backend;
+
+use std::sync::Arc;
+
+use libfuzzer_sys::fuzz_target;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use toolbox::nbd::export::Export;
+use toolbox::nbd::negotiate::negotiate;
+use toolbox::nbd::proto::OPTION_REPLY_MAGIC;
+
+fuzz_target!(|data: &[u8]| {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let export = Export {
+            name: "disk".into(),
+            description: Some("fuzz".into()),
+            backend: Arc::new(mem_backend::MemBackend::new(1 << 16)),
+            read_only: data.first().is_some_and(|b| b & 1 == 1),
+            multi_conn: true,
+        };
+        let (mut client, mut server) = tokio::io::duplex(1 << 20);
+        client.write_all(data).await.unwrap();
+        client.shutdown().await.unwrap();
+        let _ = negotiate(&mut server, &export).await;
+        drop(server);
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        assert!(out.len() >= 18, "no greeting");
+        assert_eq!(&out[..16], b"NBDMAGICIHAVEOPT");
+        // Option replies: magic, option, type, length, then exactly length bytes.
+        // (A transmission-phase start ends the framing: stop at the first
+        // non-reply, which only EXPORT_NAME's raw answer can be.)
+        let mut at = 18;
+        while at + 20 <= out.len() {
+            let magic = u64::from_be_bytes(out[at..at + 8].try_into().unwrap());
+            if magic != OPTION_REPLY_MAGIC {
+                assert!(
+                    out.len() - at == 10 || out.len() - at == 134,
+                    "stray bytes after replies"
+                );
+                return;
+            }
+            let len = u32::from_be_bytes(out[at + 16..at + 20].try_into().unwrap()) as usize;
+            assert!(
+                at + 20 + len <= out.len(),
+                "reply claims more than was sent"
+            );
+            at += 20 + len;
+        }
+        assert!(at == out.len() || out.len() - at == 10 || out.len() - at == 134);
+    });
+});

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs every fuzz target (fuzz/fuzz_targets) for SECONDS each (default 60),
+# starting from the committed seed corpora in fuzz/corpus. Fails on any
+# crash, leak, timeout or out-of-memory; the input that did it is left in
+# fuzz/artifacts/TARGET/.
+#
+#   scripts/fuzz.sh [SECONDS] [TARGET...]
+#   env FUZZ_SEED=N: a fixed libFuzzer seed, so a CI run is repeatable
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=${1:-60}
+shift || true
+
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    echo "fuzz.sh: no nightly toolchain (rustup toolchain install nightly); cannot fuzz" >&2
+    exit 1
+fi
+if ! command -v cargo-fuzz >/dev/null; then
+    echo "fuzz.sh: installing cargo-fuzz" >&2
+    cargo install --quiet --locked cargo-fuzz
+fi
+
+targets=("$@")
+if ((${#targets[@]} == 0)); then
+    mapfile -t targets < <(cd fuzz && cargo +nightly fuzz list)
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+(cd fuzz && cargo +nightly fuzz build 2>&1 | grep -Ev "^ *(Compiling|Finished|Building)" >&2 || true)
+failed=()
+for target in "${targets[@]}"; do
+    mkdir -p "$work/$target"
+    echo "fuzz.sh: $target for ${seconds}s" >&2
+    # New inputs go to the scratch corpus; the committed seeds stay as they
+    # are. A target without committed seeds starts from nothing (libFuzzer
+    # exits at once on a corpus directory that does not exist).
+    seeds=()
+    if [[ -d "fuzz/corpus/$target" ]]; then
+        seeds=("corpus/$target")
+    else
+        echo "fuzz.sh: $target has no seed corpus in fuzz/corpus/$target" >&2
+    fi
+    if ! (cd fuzz && cargo +nightly fuzz run "$target" "$work/$target" "${seeds[@]}" -- \
+        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+        ${FUZZ_SEED:+-seed="$FUZZ_SEED"} \
+        >"$work/$target.log" 2>&1); then
+        tail -40 "$work/$target.log" >&2
+        failed+=("$target")
+    else
+        grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb)' "$work/$target.log" |
+            sed "s/^/  $target: /" >&2 || true
+    fi
+done
+if ((${#failed[@]})); then
+    echo "fuzz.sh: findings in: ${failed[*]}" >&2
+    exit 1
+fi
+echo "fuzz.sh: ${#targets[@]} targets, ${seconds}s each, no findings" >&2

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the test peers (Debian packages) when missing, then runs every
+# check CI runs: formatting, clippy, unit and integration tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+peers=(qemu-utils nbdkit libnbd-bin fio chrony busybox-static arping tcpdump iproute2 fdisk)
+missing=()
+for pkg in "${peers[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "test.sh: installing ${missing[*]}"
+    sudo_=""
+    [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+    $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { echo "test.sh: no cargo; install Rust (rustup) first" >&2; exit 1; }
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test

@@ -1,0 +1,829 @@
+//! The timesyncd applet against real NTP peers on loopback: chronyd (run
+//! with -x, so it never touches the clock) and a test server in this file
+//! that answers with known offsets or misbehaves on purpose. Every run of
+//! the applet here uses -Q or --no-adjust: the machine's clock is never
+//! changed.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{run_with_timeout, toolbox, wait_until, Daemon, TempDir};
+
+const T: Duration = Duration::from_secs(40);
+const NTP_EPOCH_OFFSET: u64 = 2_208_988_800;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+// ---------------------------------------------------------------- test server
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Behaviour {
+    Good,
+    Silent,
+    WrongCookie,
+    WrongMode,
+    LeapUnsync,
+    KissRate,
+    KissDeny,
+    Truncated,
+    OtherPort,
+}
+
+/// An NTP server on 127.0.0.1 whose clock runs `offset` seconds ahead of
+/// this machine's, behaving as told. Stopped when dropped.
+struct TestServer {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn ntp_time(unix: f64) -> u64 {
+    let whole = unix.floor();
+    let frac = ((unix - whole) * 4_294_967_296.0) as u64;
+    ((whole as u64 + NTP_EPOCH_OFFSET) << 32) | frac
+}
+
+fn ntp_now(offset: f64) -> u64 {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    ntp_time(d.as_secs_f64() + offset)
+}
+
+/// recvfrom with the kernel's receive time (SO_TIMESTAMPNS), so a test
+/// server scheduled late under load still stamps T2 right.
+fn recv_stamped(sock: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr, f64)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: recvmsg into our buffers; the control data is read within
+    // the length the kernel reports.
+    unsafe {
+        let mut addr: libc::sockaddr_storage = std::mem::zeroed();
+        let mut control = [0u64; 16];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, 0);
+        if n < 0 {
+            return None;
+        }
+        let from = if addr.ss_family as i32 == libc::AF_INET6 {
+            let a = &*(&addr as *const _ as *const libc::sockaddr_in6);
+            SocketAddr::from((
+                std::net::Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+            ))
+        } else {
+            let a = &*(&addr as *const _ as *const libc::sockaddr_in);
+            SocketAddr::from((
+                std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            ))
+        };
+        let mut when = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()?
+            .as_secs_f64();
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if !cmsg.is_null() && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS {
+            let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+            when = ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9;
+        }
+        Some((n as usize, from, when))
+    }
+}
+
+impl TestServer {
+    fn start(offset: f64, behaviour: Behaviour) -> TestServer {
+        TestServer::start_on("127.0.0.1:0", offset, behaviour)
+    }
+
+    fn start_on(bind: &str, offset: f64, behaviour: Behaviour) -> TestServer {
+        let sock = UdpSocket::bind(bind).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt with an int option on our socket.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&on as *const libc::c_int).cast(),
+                4,
+            )
+        };
+        let mut other_addr = sock.local_addr().unwrap();
+        other_addr.set_port(0);
+        let other = UdpSocket::bind(other_addr).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, halt) = (requests.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !halt.load(Ordering::Relaxed) {
+                let Some((n, from, received)) = recv_stamped(&sock, &mut buf) else {
+                    continue;
+                };
+                let t2 = ntp_time(received + offset);
+                count.fetch_add(1, Ordering::Relaxed);
+                if n < 48 || behaviour == Behaviour::Silent {
+                    continue;
+                }
+                let mut reply = [0u8; 48];
+                let (mut leap, mut mode, mut stratum) = (0u8, 4u8, 2u8);
+                let mut refid = *b"TEST";
+                match behaviour {
+                    Behaviour::WrongMode => mode = 3,
+                    Behaviour::LeapUnsync => leap = 3,
+                    Behaviour::KissRate => (stratum, refid) = (0, *b"RATE"),
+                    Behaviour::KissDeny => (stratum, refid) = (0, *b"DENY"),
+                    _ => {}
+                }
+                reply[0] = (leap << 6) | (4 << 3) | mode;
+                reply[1] = stratum;
+                reply[2] = 6;
+                reply[3] = (-20i8) as u8;
+                reply[4..8].copy_from_slice(&0x0000_0010u32.to_be_bytes());
+                reply[8..12].copy_from_slice(&0x0000_0010u32.to_be_bytes());
+                reply[12..16].copy_from_slice(&refid);
+                reply[16..24].copy_from_slice(&t2.to_be_bytes());
+                let mut origin = [0u8; 8];
+                origin.copy_from_slice(&buf[40..48]);
+                if behaviour == Behaviour::WrongCookie {
+                    origin[7] ^= 1;
+                }
+                reply[24..32].copy_from_slice(&origin);
+                reply[32..40].copy_from_slice(&t2.to_be_bytes());
+                reply[40..48].copy_from_slice(&ntp_now(offset).to_be_bytes());
+                let _ = match behaviour {
+                    Behaviour::Truncated => sock.send_to(&reply[..40], from),
+                    Behaviour::OtherPort => other.send_to(&reply, from),
+                    _ => sock.send_to(&reply, from),
+                };
+            }
+        });
+        TestServer {
+            addr,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn spec(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// A forked daemon (not our child) terminated if the test fails early.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: the pid of the daemon this test started; harmless if gone.
+        unsafe { libc::kill(self.0, libc::SIGTERM) };
+    }
+}
+
+/// An empty configuration file, so no test depends on /etc.
+fn empty_conf(dir: &TempDir) -> PathBuf {
+    let path = dir.path().join("empty.conf");
+    std::fs::write(&path, "[Time]\nFallbackNTP=\n").unwrap();
+    path
+}
+
+/// `toolbox timesyncd -Q -vv -c EMPTY ARGS`.
+fn dry_run(dir: &TempDir, args: &[&str]) -> Output {
+    let conf = empty_conf(dir);
+    run_with_timeout(
+        Command::new(toolbox())
+            .args(["timesyncd", "-Q", "-vv", "-c"])
+            .arg(&conf)
+            .args(args)
+            .env("LOGGING", "stderr"),
+        T,
+    )
+}
+
+/// Parses `server ADDR stratum N offset X delay Y`.
+fn parse_line(out: &Output) -> (String, u8, f64, f64) {
+    let stdout = text(&out.stdout);
+    let words: Vec<&str> = stdout.split_whitespace().collect();
+    assert!(
+        out.status.success() && words.len() == 8 && words[0] == "server",
+        "unexpected result: {stdout:?}\nstderr: {}",
+        text(&out.stderr)
+    );
+    (
+        words[1].to_owned(),
+        words[3].parse().unwrap(),
+        words[5].parse().unwrap(),
+        words[7].parse().unwrap(),
+    )
+}
+
+/// A --no-adjust daemon in the foreground with its files in `dir`.
+fn daemon(dir: &TempDir, conf: &Path, args: &[&str]) -> Daemon {
+    let mut cmd = Command::new(toolbox());
+    cmd.args(["timesyncd", "-f", "--no-adjust", "-vv", "-c"])
+        .arg(conf)
+        .arg("--state-file")
+        .arg(dir.path().join("state"))
+        .arg("--clock-file")
+        .arg(dir.path().join("clock"))
+        .args(args)
+        .env("LOGGING", "stderr")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("log")).unwrap());
+    Daemon::spawn(cmd)
+}
+
+fn status(dir: &TempDir) -> String {
+    let out = run_with_timeout(
+        Command::new(toolbox())
+            .args(["timesyncd", "--status", "--state-file"])
+            .arg(dir.path().join("state")),
+        T,
+    );
+    text(&out.stdout)
+}
+
+/// One `key=value` of the daemon's state file.
+fn state_value(dir: &TempDir, key: &str) -> String {
+    let state = std::fs::read_to_string(dir.path().join("state")).unwrap_or_default();
+    state
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn log(dir: &TempDir) -> String {
+    std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+}
+
+/// Waits until `--status` output contains every one of `needles`.
+fn wait_for_status(dir: &TempDir, needles: &[&str], timeout: Duration) -> String {
+    let mut last = String::new();
+    let found = wait_until(timeout, || {
+        last = status(dir);
+        needles.iter().all(|n| last.contains(n))
+    });
+    assert!(
+        found.is_some(),
+        "status never showed {needles:?}:\n{last}\nlog:\n{}",
+        log(dir)
+    );
+    last
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool} >/dev/null"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+// ---------------------------------------------------------------- one-shot
+
+#[test]
+fn dry_run_against_chronyd_reports_zero_offset() {
+    if !have("chronyd") {
+        eprintln!("skipping: chronyd is not installed (scripts/test.sh installs it)");
+        return;
+    }
+    let dir = TempDir::new("ts-chrony");
+    // chronyd takes its port from the config; pick one that was free.
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = dir.path().join("chrony.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nlocal stratum 8\nallow 127.0.0.1\nbindaddress 127.0.0.1\n\
+             cmdport 0\npidfile {0}/chronyd.pid\ndriftfile {0}/drift\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("chronyd");
+    cmd.args(["-x", "-d", "-f"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _chronyd = Daemon::spawn(cmd);
+    // chronyd answers once it has bound its port.
+    let server = format!("127.0.0.1:{port}");
+    let mut out = dry_run(&dir, &["-s", &server]);
+    for _ in 0..5 {
+        if out.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        out = dry_run(&dir, &["-s", &server]);
+    }
+    let (addr, stratum, offset, delay) = parse_line(&out);
+    assert_eq!(addr, server);
+    assert_eq!(stratum, 8);
+    assert!(offset.abs() < 0.001, "offset {offset}");
+    assert!(delay < 0.01, "delay {delay}");
+}
+
+#[test]
+fn dry_run_measures_known_offsets_within_a_millisecond() {
+    let servers: Vec<(f64, TestServer)> = [2.5, -0.3, 0.0]
+        .into_iter()
+        .map(|o| (o, TestServer::start(o, Behaviour::Good)))
+        .collect();
+    // The three runs in parallel: each takes a burst of four polls.
+    let runs: Vec<_> = servers
+        .iter()
+        .map(|(o, s)| {
+            let spec = s.spec();
+            let o = *o;
+            std::thread::spawn(move || {
+                let dir = TempDir::new("ts-known");
+                (o, spec.clone(), dry_run(&dir, &["-s", &spec]))
+            })
+        })
+        .collect();
+    for run in runs {
+        let (expected, spec, out) = run.join().unwrap();
+        let (addr, stratum, offset, _) = parse_line(&out);
+        assert_eq!(addr, spec);
+        assert_eq!(stratum, 2);
+        assert!(
+            (offset - expected).abs() < 0.001,
+            "expected {expected:+}, measured {offset:+}"
+        );
+    }
+    for (_, s) in &servers {
+        assert_eq!(s.requests(), 4, "a burst of four requests");
+    }
+}
+
+/// Runs -Q against a misbehaving server and a good one (+0.25 s): the bad
+/// replies are rejected with `reason` logged, the good server is used.
+fn bad_server_is_rejected(behaviour: Behaviour, reason: &str) {
+    let dir = TempDir::new("ts-bad");
+    let bad = TestServer::start(-1.0, behaviour);
+    let good = TestServer::start(0.25, Behaviour::Good);
+    let out = dry_run(&dir, &["-s", &bad.spec(), "-s", &good.spec()]);
+    let (addr, _, offset, _) = parse_line(&out);
+    assert_eq!(addr, good.spec(), "{}", text(&out.stderr));
+    assert!((offset - 0.25).abs() < 0.001, "{offset}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("({}): reply rejected: {reason}", bad.addr)),
+        "no '{reason}' for {} in:\n{stderr}",
+        bad.addr
+    );
+    assert!(bad.requests() >= 1);
+}
+
+#[test]
+fn reply_with_wrong_cookie_is_rejected() {
+    bad_server_is_rejected(Behaviour::WrongCookie, "origin timestamp is not our cookie");
+}
+
+#[test]
+fn reply_in_client_mode_is_rejected() {
+    bad_server_is_rejected(Behaviour::WrongMode, "mode 3, not server");
+}
+
+#[test]
+fn reply_from_unsynchronised_server_is_rejected() {
+    bad_server_is_rejected(Behaviour::LeapUnsync, "server is not synchronized");
+}
+
+#[test]
+fn kiss_of_death_rate_is_obeyed() {
+    bad_server_is_rejected(Behaviour::KissRate, "kiss-o'-death RATE");
+}
+
+#[test]
+fn kiss_of_death_deny_drops_the_server() {
+    let dir = TempDir::new("ts-deny");
+    let bad = TestServer::start(-1.0, Behaviour::KissDeny);
+    let good = TestServer::start(0.25, Behaviour::Good);
+    let out = dry_run(&dir, &["-s", &bad.spec(), "-s", &good.spec()]);
+    let (addr, ..) = parse_line(&out);
+    assert_eq!(addr, good.spec());
+    assert!(text(&out.stderr).contains("reply rejected: kiss-o'-death DENY"));
+    assert_eq!(bad.requests(), 1, "never asked again after DENY");
+}
+
+#[test]
+fn truncated_reply_is_rejected() {
+    bad_server_is_rejected(Behaviour::Truncated, "truncated packet (40 bytes)");
+}
+
+#[test]
+fn reply_from_another_port_is_rejected() {
+    bad_server_is_rejected(
+        Behaviour::OtherPort,
+        "reply from an address or port we did not ask",
+    );
+}
+
+#[test]
+fn silent_first_server_fails_over_to_the_second() {
+    let dir = TempDir::new("ts-silent");
+    let silent = TestServer::start(0.0, Behaviour::Silent);
+    let good = TestServer::start(-0.3, Behaviour::Good);
+    let out = dry_run(&dir, &["-s", &silent.spec(), "-s", &good.spec()]);
+    let (addr, _, offset, _) = parse_line(&out);
+    assert_eq!(addr, good.spec());
+    assert!((offset + 0.3).abs() < 0.001);
+    assert!(text(&out.stderr).contains(&format!("({}): no reply", silent.addr)));
+}
+
+#[test]
+fn localhost_port_resolves_through_etc_hosts() {
+    let dir = TempDir::new("ts-localhost");
+    let good = TestServer::start(0.0, Behaviour::Good);
+    let name = format!("localhost:{}", good.addr.port());
+    let out = dry_run(&dir, &["-s", &name]);
+    let (addr, ..) = parse_line(&out);
+    assert_eq!(addr, good.spec());
+}
+
+#[test]
+fn ipv6_literal_with_port_is_spoken_to() {
+    let dir = TempDir::new("ts-v6");
+    let good = TestServer::start_on("[::1]:0", -0.3, Behaviour::Good);
+    let spec = format!("[::1]:{}", good.addr.port());
+    let out = dry_run(&dir, &["-s", &spec]);
+    let (addr, _, offset, _) = parse_line(&out);
+    assert_eq!(addr, spec);
+    assert!((offset + 0.3).abs() < 0.001, "{offset}");
+}
+
+#[test]
+fn majority_outvotes_a_falseticker() {
+    let dir = TempDir::new("ts-majority");
+    let a = TestServer::start(0.5, Behaviour::Good);
+    let b = TestServer::start(0.5, Behaviour::Good);
+    let liar = TestServer::start(-1.0, Behaviour::Good);
+    let out = dry_run(
+        &dir,
+        &["-s", &liar.spec(), "-s", &a.spec(), "-s", &b.spec()],
+    );
+    let (addr, _, offset, _) = parse_line(&out);
+    assert_ne!(addr, liar.spec());
+    assert!((offset - 0.5).abs() < 0.001, "{offset}");
+}
+
+#[test]
+fn two_disagreeing_servers_leave_the_clock_alone() {
+    let dir = TempDir::new("ts-nomajority");
+    let a = TestServer::start(0.5, Behaviour::Good);
+    let b = TestServer::start(-0.5, Behaviour::Good);
+    let out = dry_run(&dir, &["-s", &a.spec(), "-s", &b.spec()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("timesyncd: no majority among 2 servers"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn dry_run_fails_when_no_server_answers() {
+    let dir = TempDir::new("ts-none");
+    let silent = TestServer::start(0.0, Behaviour::Silent);
+    let out = dry_run(&dir, &["-s", &silent.spec()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("timesyncd: no server answered") && stderr.contains("no reply"),
+        "{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------- options
+
+#[test]
+fn bad_config_value_is_rejected_with_its_line_number() {
+    let dir = TempDir::new("ts-badconf");
+    let conf = dir.path().join("t.conf");
+    std::fs::write(&conf, "[Time]\nNTP=127.0.0.1\nPollIntervalMinSec=often\n").unwrap();
+    let out = run_with_timeout(
+        Command::new(toolbox())
+            .args(["timesyncd", "-Q", "-c"])
+            .arg(&conf),
+        T,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let expected = format!(
+        "timesyncd: {}:3: PollIntervalMinSec=: invalid time span 'often'\n",
+        conf.display()
+    );
+    assert_eq!(text(&out.stderr), expected);
+}
+
+#[test]
+fn unknown_key_is_warned_about_and_ignored() {
+    let dir = TempDir::new("ts-unknown");
+    let good = TestServer::start(0.0, Behaviour::Good);
+    let conf = dir.path().join("t.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[Time]\nNTP={}\nFallbackNTP=\nFrobnicate=yes\n",
+            good.spec()
+        ),
+    )
+    .unwrap();
+    let out = run_with_timeout(
+        Command::new(toolbox())
+            .args(["timesyncd", "-Q", "-c"])
+            .arg(&conf),
+        T,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(":4: unknown key 'Frobnicate'"));
+}
+
+#[test]
+fn bad_server_argument_is_one_clear_line() {
+    let out = run_with_timeout(
+        Command::new(toolbox()).args(["timesyncd", "-Q", "-s", "no..such"]),
+        T,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), "timesyncd: invalid server 'no..such'\n");
+}
+
+#[test]
+fn status_without_a_daemon_says_so() {
+    let dir = TempDir::new("ts-nostatus");
+    let out = run_with_timeout(
+        Command::new(toolbox())
+            .args(["timesyncd", "--status", "--state-file"])
+            .arg(dir.path().join("none")),
+        T,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("is the daemon running?"));
+}
+
+// ---------------------------------------------------------------- daemon
+
+#[test]
+fn no_adjust_daemon_forks_when_ready_and_reports_status() {
+    let dir = TempDir::new("ts-daemon");
+    let good = TestServer::start(0.0, Behaviour::Good);
+    let conf = empty_conf(&dir);
+    let pid_file = dir.path().join("pid");
+    let out = run_with_timeout(
+        Command::new(toolbox())
+            .args(["timesyncd", "--no-adjust", "-c"])
+            .arg(&conf)
+            .args(["-s", &good.spec(), "--pid-file"])
+            .arg(&pid_file)
+            .arg("--state-file")
+            .arg(dir.path().join("state"))
+            .arg("--clock-file")
+            .arg(dir.path().join("clock"))
+            .env("LOGGING", "none"),
+        T,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let guard = KillOnDrop(pid);
+    // SAFETY: signals to the daemon this test started.
+    let kill = |sig| unsafe { libc::kill(pid, sig) };
+    let shown = wait_for_status(
+        &dir,
+        &[
+            &format!("Server: {} ({})", good.spec(), good.addr.ip()),
+            "Synchronized: yes",
+            "Stratum: 2",
+            "Leap: normal",
+            "Adjusting: no",
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(shown.contains("Packet count: "), "{shown}");
+    assert!(dir.path().join("clock").exists(), "clock file touched");
+    assert_eq!(kill(libc::SIGTERM), 0);
+    wait_until(Duration::from_secs(10), || kill(0) != 0).expect("daemon exits on SIGTERM");
+    // Gone: its pid may be reused, so the guard must not signal it.
+    std::mem::forget(guard);
+    assert!(!pid_file.exists());
+    assert!(!dir.path().join("state").exists(), "state removed at exit");
+}
+
+#[test]
+fn daemon_keeps_going_past_every_bad_server() {
+    let dir = TempDir::new("ts-allbad");
+    let behaviours = [
+        Behaviour::WrongCookie,
+        Behaviour::WrongMode,
+        Behaviour::LeapUnsync,
+        Behaviour::KissRate,
+        Behaviour::KissDeny,
+        Behaviour::Truncated,
+        Behaviour::OtherPort,
+        Behaviour::Silent,
+    ];
+    let bad: Vec<TestServer> = behaviours
+        .iter()
+        .map(|b| TestServer::start(-1.0, *b))
+        .collect();
+    let good = TestServer::start(0.1, Behaviour::Good);
+    let conf = empty_conf(&dir);
+    let mut args: Vec<String> = Vec::new();
+    for s in bad.iter().chain(std::iter::once(&good)) {
+        args.push("-s".into());
+        args.push(s.spec());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _d = daemon(&dir, &conf, &args);
+    let shown = wait_for_status(
+        &dir,
+        &[
+            &format!("Server: {}", good.spec()),
+            "Synchronized: yes",
+            "denied",
+            "unreachable",
+        ],
+        Duration::from_secs(30),
+    );
+    // Still alive and measuring the good server after all that.
+    let offset: f64 = state_value(&dir, "offset").parse().unwrap();
+    assert!((offset - 0.1).abs() < 0.001, "{offset}\n{shown}");
+    let log = log(&dir);
+    for reason in [
+        "not our cookie",
+        "mode 3",
+        "not synchronized",
+        "RATE",
+        "DENY",
+        "truncated",
+        "did not ask",
+        "no reply",
+    ] {
+        assert!(log.contains(reason), "no '{reason}' in the log:\n{log}");
+    }
+}
+
+#[test]
+fn fallback_servers_take_over_when_ntp_servers_fail() {
+    let dir = TempDir::new("ts-fallback");
+    let silent = TestServer::start(0.0, Behaviour::Silent);
+    let fallback = TestServer::start(0.0, Behaviour::Good);
+    let conf = dir.path().join("t.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[Time]\nNTP={}\nFallbackNTP={}\n",
+            silent.spec(),
+            fallback.spec()
+        ),
+    )
+    .unwrap();
+    let _d = daemon(&dir, &conf, &[]);
+    wait_for_status(
+        &dir,
+        &[&format!("Server: {}", fallback.spec()), "Synchronized: yes"],
+        Duration::from_secs(30),
+    );
+    assert!(log(&dir).contains("using FallbackNTP"));
+}
+
+#[test]
+fn sighup_rereads_the_configuration() {
+    let dir = TempDir::new("ts-hup");
+    let first = TestServer::start(0.0, Behaviour::Good);
+    let second = TestServer::start(0.0, Behaviour::Good);
+    let conf = dir.path().join("t.conf");
+    let write = |s: &TestServer| {
+        std::fs::write(&conf, format!("[Time]\nNTP={}\nFallbackNTP=\n", s.spec())).unwrap()
+    };
+    write(&first);
+    let d = daemon(&dir, &conf, &[]);
+    wait_for_status(
+        &dir,
+        &[&format!("Server: {}", first.spec()), "Synchronized: yes"],
+        Duration::from_secs(20),
+    );
+    write(&second);
+    d.signal(libc::SIGHUP);
+    wait_for_status(
+        &dir,
+        &[&format!("Server: {}", second.spec()), "Synchronized: yes"],
+        Duration::from_secs(20),
+    );
+    assert!(!status(&dir).contains(&first.spec()), "old server dropped");
+}
+
+#[test]
+fn sd_notify_gets_ready_and_synchronized_status() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("ts-notify");
+    let good = TestServer::start(0.0, Behaviour::Good);
+    let sock_path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let conf = empty_conf(&dir);
+    let mut cmd = Command::new(toolbox());
+    cmd.args(["timesyncd", "-f", "--no-adjust", "-c"])
+        .arg(&conf)
+        .args(["-s", &good.spec(), "--state-file"])
+        .arg(dir.path().join("state"))
+        .arg("--clock-file")
+        .arg(dir.path().join("clock"))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("LOGGING", "none");
+    let _d = Daemon::spawn(cmd);
+    let mut seen = Vec::new();
+    let want = format!(
+        "STATUS=Synchronized to time server {} ({}).",
+        good.spec(),
+        good.addr.ip()
+    );
+    wait_until(Duration::from_secs(20), || {
+        let mut buf = [0u8; 512];
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.push(text(&buf[..n]));
+        }
+        seen.contains(&want)
+    })
+    .unwrap_or_else(|| panic!("never saw {want:?}: {seen:?}"));
+    assert_eq!(seen[0], "READY=1", "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|m| m.starts_with("STATUS=Connecting to time server")),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn hook_program_runs_with_busybox_arguments() {
+    let dir = TempDir::new("ts-hook");
+    let good = TestServer::start(0.0, Behaviour::Good);
+    let script = dir.path().join("hook.sh");
+    let out = dir.path().join("hook.out");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$1 stratum=$stratum poll=$poll_interval offset=$offset\" >> {}\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let conf = empty_conf(&dir);
+    let script_arg = script.display().to_string();
+    let _d = daemon(&dir, &conf, &["-s", &good.spec(), "-S", &script_arg]);
+    let mut lines = String::new();
+    wait_until(Duration::from_secs(20), || {
+        lines = std::fs::read_to_string(&out).unwrap_or_default();
+        lines.contains("stratum stratum=2 poll=32") && lines.contains("periodic ")
+    })
+    .unwrap_or_else(|| panic!("hook output: {lines:?}\nlog:\n{}", log(&dir)));
+}
