@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs every fuzz target (fuzz/fuzz_targets) for SECONDS each (default 60),
-# starting from the committed seed corpora in fuzz/corpus. Fails on any
+# Runs every fuzz target (tests/fuzz/fuzz_targets) for SECONDS each (default 60),
+# starting from the committed seed corpora in tests/fuzz/corpus. Fails on any
 # crash, leak, timeout or out-of-memory; the input that did it is left in
-# fuzz/artifacts/TARGET/.
+# tests/fuzz/artifacts/TARGET/.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #   env FUZZ_SEED=N: a fixed libFuzzer seed, so a CI run is repeatable
@@ -23,12 +23,12 @@ fi
 
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-    mapfile -t targets < <(cd fuzz && cargo +nightly fuzz list)
+    mapfile -t targets < <(cd tests/fuzz && cargo +nightly fuzz list)
 fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-(cd fuzz && cargo +nightly fuzz build 2>&1 | grep -Ev "^ *(Compiling|Finished|Building)" >&2 || true)
+(cd tests/fuzz && cargo +nightly fuzz build 2>&1 | grep -Ev "^ *(Compiling|Finished|Building)" >&2 || true)
 failed=()
 for target in "${targets[@]}"; do
     mkdir -p "$work/$target"
@@ -37,12 +37,12 @@ for target in "${targets[@]}"; do
     # are. A target without committed seeds starts from nothing (libFuzzer
     # exits at once on a corpus directory that does not exist).
     seeds=()
-    if [[ -d "fuzz/corpus/$target" ]]; then
+    if [[ -d "tests/fuzz/corpus/$target" ]]; then
         seeds=("corpus/$target")
     else
-        echo "fuzz.sh: $target has no seed corpus in fuzz/corpus/$target" >&2
+        echo "fuzz.sh: $target has no seed corpus in tests/fuzz/corpus/$target" >&2
     fi
-    if ! (cd fuzz && cargo +nightly fuzz run "$target" "$work/$target" "${seeds[@]}" -- \
+    if ! (cd tests/fuzz && cargo +nightly fuzz run "$target" "$work/$target" "${seeds[@]}" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         ${FUZZ_SEED:+-seed="$FUZZ_SEED"} \
         >"$work/$target.log" 2>&1); then
