@@ -21,14 +21,24 @@ if ! command -v cargo-fuzz >/dev/null; then
     cargo install --quiet --locked cargo-fuzz
 fi
 
+fuzz=(cargo +nightly fuzz)
+dir=(--fuzz-dir tests/fuzz)
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-    mapfile -t targets < <(cd tests/fuzz && cargo +nightly fuzz list)
+    mapfile -t targets < <("${fuzz[@]}" list "${dir[@]}")
+fi
+if ((${#targets[@]} == 0)); then
+    echo "fuzz.sh: no fuzz targets found in tests/fuzz" >&2
+    exit 1
 fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-(cd tests/fuzz && cargo +nightly fuzz build 2>&1 | grep -Ev "^ *(Compiling|Finished|Building)" >&2 || true)
+if ! "${fuzz[@]}" build "${dir[@]}" >"$work/build.log" 2>&1; then
+    tail -40 "$work/build.log" >&2
+    echo "fuzz.sh: the fuzz targets do not build" >&2
+    exit 1
+fi
 failed=()
 for target in "${targets[@]}"; do
     mkdir -p "$work/$target"
@@ -38,11 +48,11 @@ for target in "${targets[@]}"; do
     # exits at once on a corpus directory that does not exist).
     seeds=()
     if [[ -d "tests/fuzz/corpus/$target" ]]; then
-        seeds=("corpus/$target")
+        seeds=("tests/fuzz/corpus/$target")
     else
         echo "fuzz.sh: $target has no seed corpus in tests/fuzz/corpus/$target" >&2
     fi
-    if ! (cd tests/fuzz && cargo +nightly fuzz run "$target" "$work/$target" "${seeds[@]}" -- \
+    if ! ("${fuzz[@]}" run "${dir[@]}" "$target" "$work/$target" "${seeds[@]}" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         ${FUZZ_SEED:+-seed="$FUZZ_SEED"} \
         >"$work/$target.log" 2>&1); then
