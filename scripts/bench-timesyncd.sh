@@ -10,8 +10,14 @@
 # server for a while, and their RSS and CPU time are read from /proc.
 # Nothing here changes the system clock: -Q, --no-adjust and chronyd -x.
 #
+# The footprint is read for the normal (dynamic) build and for the static
+# build that embedded and initramfs images ship; both give back their
+# start-up pages 30 s after readiness (src/trim.rs), so DAEMON_SECS must be
+# longer than that.
+#
 # Environment: ROUNDS (default 5), DAEMON_SECS (default 75),
-# OFFSET (default 0.123456), TOOLBOX (default target/release/toolbox).
+# OFFSET (default 0.123456), TOOLBOX (default target/release/toolbox),
+# TOOLBOX_STATIC (default: built by scripts/build-static.sh; "none" skips it).
 # Needs chronyd (Debian package chrony) and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +31,10 @@ command -v python3 >/dev/null || { echo "bench: python3 is needed for the refere
 if [ -z "${TOOLBOX:-}" ]; then
     cargo build --release --quiet
     TOOLBOX=target/release/toolbox
+fi
+if [ -z "${TOOLBOX_STATIC:-}" ]; then
+    scripts/build-static.sh >/dev/null
+    TOOLBOX_STATIC=target/static/x86_64-unknown-linux-gnu/release/toolbox
 fi
 
 work=$(mktemp -d /tmp/bench-timesyncd.XXXXXX)
@@ -125,6 +135,13 @@ echo "median |error|: toolbox $(median_abs "${toolbox_errors[@]}") us, chronyd $
     --state-file "$work/state" --clock-file "$work/clock" 2>"$work/toolbox.log" &
 tb_pid=$!
 pids+=("$tb_pid")
+st_pid=
+if [ "$TOOLBOX_STATIC" != none ]; then
+    "$TOOLBOX_STATIC" timesyncd -f --no-adjust -c "$work/empty.conf" -s "$server" \
+        --state-file "$work/state-static" --clock-file "$work/clock-static" 2>"$work/static.log" &
+    st_pid=$!
+    pids+=("$st_pid")
+fi
 cat > "$work/chrony.conf" <<EOF
 server 127.0.0.1 port $port iburst
 cmdport 0
@@ -145,10 +162,12 @@ footprint() {
     pss=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || echo "?")
     # schedstat: nanoseconds on the CPU, finer than the clock ticks of stat.
     cpu=$(awk '{printf "%.1f", $1 / 1e6}' "/proc/$pid/schedstat")
-    printf '  %-8s RSS %5s KiB (anonymous %4s KiB, PSS %5s KiB), CPU %s ms\n' \
+    printf '  %-15s RSS %5s KiB (anonymous %4s KiB, PSS %5s KiB), CPU %s ms\n' \
         "$name" "$rss" "$anon" "$pss" "$cpu"
 }
 echo "after ${DAEMON_SECS}s of polling:"
 footprint "$tb_pid" toolbox
+[ -z "$st_pid" ] || footprint "$st_pid" "toolbox static"
 footprint "$ch_pid" chronyd
+echo "  (target: idle RSS under 2048 KiB; the dynamic build's RSS includes the shared glibc pages it maps)" 
 "$TOOLBOX" timesyncd --status --state-file "$work/state" | sed -n '1,9p' | sed 's/^/    /'

@@ -13,6 +13,7 @@ pub mod notify;
 pub mod privs;
 pub mod runtime;
 pub mod service;
+pub mod trim;
 
 #[cfg(feature = "init")]
 #[path = "../applets/init/mod.rs"]

@@ -18,6 +18,8 @@ struct StandaloneNotifier {
     sd: Option<SdNotify>,
     /// STOPPING=1 goes out once, whether the signal or the service says it first.
     stopping_sent: std::sync::atomic::AtomicBool,
+    /// Tells the start-up memory trim (`crate::trim`) that we are ready.
+    ready_seen: tokio::sync::watch::Sender<bool>,
 }
 
 impl StandaloneNotifier {
@@ -41,6 +43,7 @@ impl Notifier for StandaloneNotifier {
         if let Some(sd) = &self.sd {
             sd.send("READY=1");
         }
+        self.ready_seen.send_replace(true);
     }
 
     fn status(&self, text: &str) {
@@ -91,6 +94,7 @@ pub fn run_standalone(name: &str, launch: Launch) -> i32 {
         pipe: Mutex::new(pipe),
         sd: SdNotify::from_env(),
         stopping_sent: std::sync::atomic::AtomicBool::new(false),
+        ready_seen: tokio::sync::watch::channel(false).0,
     });
     let fail = |message: String| -> i32 {
         if !notifier.report_failure(&message) {
@@ -136,13 +140,16 @@ pub fn run_standalone(name: &str, launch: Launch) -> i32 {
 
     let (ctx, controller) = Context::new(name, notifier.clone());
     let signal_notifier = notifier.clone();
+    let ready_seen = notifier.ready_seen.subscribe();
     let result = runtime.block_on(async move {
         let signals = match watch_signals(controller, signal_notifier) {
             Ok(task) => task,
             Err(e) => return Err(format!("cannot install signal handlers: {e}").into()),
         };
+        let trim = tokio::spawn(crate::trim::after_ready(ready_seen));
         let result = (launch.run)(ctx).await;
         signals.abort();
+        trim.abort();
         result
     });
     // Blocking I/O still queued on the pool must not hold up exit.
