@@ -9,6 +9,8 @@ pub mod daemon;
 pub mod dispatch;
 pub mod install;
 pub mod log;
+#[cfg(any(feature = "nbd", feature = "ipmgmtd", feature = "zcip"))]
+pub mod netlink;
 pub mod notify;
 pub mod privs;
 pub mod runtime;

@@ -3,13 +3,13 @@
 //! The preferred way is the "nbd" generic netlink family (Linux 4.12+): one
 //! NBD_CMD_CONNECT hands over the socket and returns. Without it, the old
 //! ioctls are used, with NBD_DO_IT parked on a thread for the connection's
-//! life. Netlink messages are built and parsed by pure functions; the I/O
-//! is a thin layer over a raw AF_NETLINK socket.
+//! life. The nbd and controller messages are built and parsed here by pure
+//! functions; the netlink framing and socket are [`crate::netlink`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -17,17 +17,8 @@ use std::time::Duration;
 use super::client::{self, io_text, ExportInfo};
 use super::options::Remote;
 use super::proto::TFLAG_READ_ONLY;
-
-// linux/netlink.h
-const NLMSG_HDRLEN: usize = 16;
-const NLA_HDRLEN: usize = 4;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLA_F_NESTED: u16 = 1 << 15;
-const NLA_F_NET_BYTEORDER: u16 = 1 << 14;
-const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | NLA_F_NET_BYTEORDER);
+use crate::netlink::msg::{find_attr, u16_of, MsgBuilder, NLM_F_ACK, NLM_F_REQUEST};
+use crate::netlink::socket::{self, Answer, Socket};
 
 // linux/genetlink.h
 const GENL_HDRLEN: usize = 4;
@@ -138,7 +129,7 @@ where
                 socket_fd,
             };
             socket
-                .transact(|seq| connect_request(family, seq, &connect))
+                .transact(connect_request(family, &connect))
                 .map_err(|e| format!("cannot connect {}: {}", dev.display(), e.describe()))?;
             // The kernel took its own reference to the socket; ours can go.
             Ok(Attached::Netlink)
@@ -203,7 +194,7 @@ pub fn disconnect(dev: &Path) -> Result<(), String> {
     let index = device_index(dev)?;
     match route_to_driver(dev)? {
         Route::Netlink { mut socket, family } => socket
-            .transact(|seq| disconnect_request(family, seq, index))
+            .transact(disconnect_request(family, index))
             .map(drop)
             .map_err(|e| format!("cannot disconnect {}: {}", dev.display(), e.describe())),
         Route::Ioctl(device) => {
@@ -291,60 +282,21 @@ fn route_to_driver(dev: &Path) -> Result<Route, String> {
 // ---------------------------------------------------------------------------
 // Netlink messages (pure)
 
-fn align4(len: usize) -> usize {
-    (len + 3) & !3
-}
-
-/// Appends one attribute, padded to the 4-byte boundary netlink requires.
-fn put_attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = NLA_HDRLEN + payload.len();
-    // Attributes here are a few bytes; a u16 length always holds them.
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(payload);
-    out.resize(out.len() + align4(len) - len, 0);
-}
-
-fn put_u32_attr(out: &mut Vec<u8>, kind: u16, value: u32) {
-    put_attr(out, kind, &value.to_ne_bytes());
-}
-
-fn put_u64_attr(out: &mut Vec<u8>, kind: u16, value: u64) {
-    put_attr(out, kind, &value.to_ne_bytes());
-}
-
-/// Appends a nested attribute whose contents `fill` writes; its length
-/// covers everything written inside it.
-fn put_nested(out: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
-    let start = out.len();
-    out.extend_from_slice(&[0; NLA_HDRLEN]);
-    fill(out);
-    let len = out.len() - start;
-    out[start..start + 2].copy_from_slice(&(len as u16).to_ne_bytes());
-    out[start + 2..start + 4].copy_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
-}
-
-/// A generic netlink request asking for an acknowledgement.
-fn genl_request(family: u16, seq: u32, cmd: u8, version: u8, attrs: &[u8]) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + GENL_HDRLEN + attrs.len();
-    let mut msg = Vec::with_capacity(len);
-    msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&family.to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    msg.extend_from_slice(&seq.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills in ours
-    msg.extend_from_slice(&[cmd, version, 0, 0]);
-    msg.extend_from_slice(attrs);
+/// A generic netlink request for `cmd` asking for an acknowledgement;
+/// attributes follow.
+fn genl_request(family: u16, cmd: u8, version: u8) -> MsgBuilder {
+    let mut msg = MsgBuilder::new(family, NLM_F_REQUEST | NLM_F_ACK);
+    msg.fixed(&[cmd, version, 0, 0]);
     msg
 }
 
 /// CTRL_CMD_GETFAMILY for "nbd".
-fn family_request(seq: u32) -> Vec<u8> {
+fn family_request() -> MsgBuilder {
     let mut name = NBD_GENL_FAMILY_NAME.to_vec();
     name.push(0); // the controller wants a C string
-    let mut attrs = Vec::new();
-    put_attr(&mut attrs, CTRL_ATTR_FAMILY_NAME, &name);
-    genl_request(GENL_ID_CTRL, seq, CTRL_CMD_GETFAMILY, CTRL_VERSION, &attrs)
+    let mut msg = genl_request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, CTRL_VERSION);
+    msg.attr(CTRL_ATTR_FAMILY_NAME, &name);
+    msg
 }
 
 /// What NBD_CMD_CONNECT tells the kernel.
@@ -357,111 +309,34 @@ struct Connect {
     socket_fd: u32,
 }
 
-fn connect_request(family: u16, seq: u32, connect: &Connect) -> Vec<u8> {
-    let mut attrs = Vec::new();
-    put_u32_attr(&mut attrs, NBD_ATTR_INDEX, connect.index);
-    put_u64_attr(&mut attrs, NBD_ATTR_SIZE_BYTES, connect.size);
-    put_u64_attr(&mut attrs, NBD_ATTR_BLOCK_SIZE_BYTES, connect.block_size);
-    put_u64_attr(&mut attrs, NBD_ATTR_SERVER_FLAGS, connect.server_flags);
+fn connect_request(family: u16, connect: &Connect) -> MsgBuilder {
+    let mut msg = genl_request(family, NBD_CMD_CONNECT, NBD_GENL_VERSION);
+    msg.attr(NBD_ATTR_INDEX, &connect.index.to_ne_bytes());
+    msg.attr(NBD_ATTR_SIZE_BYTES, &connect.size.to_ne_bytes());
+    msg.attr(NBD_ATTR_BLOCK_SIZE_BYTES, &connect.block_size.to_ne_bytes());
+    msg.attr(NBD_ATTR_SERVER_FLAGS, &connect.server_flags.to_ne_bytes());
     // No NBD_CFLAG_DISCONNECT_ON_CLOSE: the device stays connected when the
     // last opener closes it; `-d` disconnects explicitly.
-    put_u64_attr(&mut attrs, NBD_ATTR_CLIENT_FLAGS, 0);
+    msg.attr(NBD_ATTR_CLIENT_FLAGS, &0u64.to_ne_bytes());
     if let Some(secs) = connect.timeout_secs {
-        put_u64_attr(&mut attrs, NBD_ATTR_TIMEOUT, secs);
+        msg.attr(NBD_ATTR_TIMEOUT, &secs.to_ne_bytes());
     }
-    put_nested(&mut attrs, NBD_ATTR_SOCKETS, |sockets| {
-        put_nested(sockets, NBD_SOCK_ITEM, |item| {
-            put_u32_attr(item, NBD_SOCK_FD, connect.socket_fd);
+    msg.nested(NBD_ATTR_SOCKETS, |sockets| {
+        sockets.nested(NBD_SOCK_ITEM, |item| {
+            item.attr(NBD_SOCK_FD, &connect.socket_fd.to_ne_bytes());
         });
     });
-    genl_request(family, seq, NBD_CMD_CONNECT, NBD_GENL_VERSION, &attrs)
+    msg
 }
 
-fn disconnect_request(family: u16, seq: u32, index: u32) -> Vec<u8> {
-    let mut attrs = Vec::new();
-    put_u32_attr(&mut attrs, NBD_ATTR_INDEX, index);
-    genl_request(family, seq, NBD_CMD_DISCONNECT, NBD_GENL_VERSION, &attrs)
+fn disconnect_request(family: u16, index: u32) -> MsgBuilder {
+    let mut msg = genl_request(family, NBD_CMD_DISCONNECT, NBD_GENL_VERSION);
+    msg.attr(NBD_ATTR_INDEX, &index.to_ne_bytes());
+    msg
 }
 
 // ---------------------------------------------------------------------------
 // Netlink replies (pure)
-
-/// One message of a netlink reply that answers our request.
-#[derive(Debug, PartialEq, Eq)]
-enum NetlinkReply {
-    /// A message of `kind` (the family id); `payload` follows the nlmsghdr.
-    Message {
-        kind: u16,
-        payload: Vec<u8>,
-    },
-    /// The acknowledgement: the request succeeded.
-    Ack,
-    /// The request failed with this errno.
-    Failed(i32),
-    Done,
-}
-
-fn ne_u16(b: &[u8], at: usize) -> Option<u16> {
-    let bytes = b.get(at..at.checked_add(2)?)?;
-    Some(u16::from_ne_bytes([bytes[0], bytes[1]]))
-}
-
-fn ne_u32(b: &[u8], at: usize) -> Option<u32> {
-    let bytes = b.get(at..at.checked_add(4)?)?;
-    Some(u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
-}
-
-/// Splits one received datagram into the messages answering `seq`.
-fn parse_datagram(buf: &[u8], seq: u32) -> Result<Vec<NetlinkReply>, String> {
-    let malformed = || format!("malformed netlink reply ({} bytes)", buf.len());
-    let mut replies = Vec::new();
-    let mut at = 0;
-    while buf.len() - at >= NLMSG_HDRLEN {
-        let len = ne_u32(buf, at).ok_or_else(malformed)? as usize;
-        if len < NLMSG_HDRLEN || len > buf.len() - at {
-            return Err(malformed());
-        }
-        let kind = ne_u16(buf, at + 4).ok_or_else(malformed)?;
-        let msg_seq = ne_u32(buf, at + 8).ok_or_else(malformed)?;
-        let payload = &buf[at + NLMSG_HDRLEN..at + len];
-        at = (at + align4(len)).min(buf.len());
-        // Stale answers to something else are not ours to judge.
-        if msg_seq != seq {
-            continue;
-        }
-        replies.push(match kind {
-            NLMSG_ERROR => {
-                let code = ne_u32(payload, 0).ok_or_else(malformed)? as i32;
-                match code {
-                    0 => NetlinkReply::Ack,
-                    // The kernel sends -errno.
-                    code => NetlinkReply::Failed(code.checked_neg().unwrap_or(libc::EINVAL)),
-                }
-            }
-            NLMSG_DONE => NetlinkReply::Done,
-            kind => NetlinkReply::Message {
-                kind,
-                payload: payload.to_vec(),
-            },
-        });
-    }
-    Ok(replies)
-}
-
-/// The payload of the first attribute of `kind` in `attrs`.
-fn find_attr(mut attrs: &[u8], kind: u16) -> Option<&[u8]> {
-    while attrs.len() >= NLA_HDRLEN {
-        let len = usize::from(ne_u16(attrs, 0)?);
-        if len < NLA_HDRLEN || len > attrs.len() {
-            return None;
-        }
-        if ne_u16(attrs, 2)? & NLA_TYPE_MASK == kind {
-            return attrs.get(NLA_HDRLEN..len);
-        }
-        attrs = attrs.get(align4(len)..).unwrap_or(&[]);
-    }
-    None
-}
 
 /// The family id in a CTRL_CMD_NEWFAMILY message's payload.
 fn family_id(payload: &[u8]) -> Option<u16> {
@@ -469,7 +344,7 @@ fn family_id(payload: &[u8]) -> Option<u16> {
         return None;
     }
     let attr = find_attr(payload.get(GENL_HDRLEN..)?, CTRL_ATTR_FAMILY_ID)?;
-    ne_u16(attr, 0)
+    u16_of(attr)
 }
 
 // ---------------------------------------------------------------------------
@@ -496,136 +371,37 @@ impl NetlinkError {
     }
 }
 
-/// A generic netlink socket talking to the kernel.
-struct GenlSocket {
-    fd: OwnedFd,
-    seq: u32,
+impl From<socket::Error> for NetlinkError {
+    fn from(e: socket::Error) -> NetlinkError {
+        match e {
+            socket::Error::Io { err, .. } => NetlinkError::Io(err),
+            socket::Error::Kernel { errno, .. } => NetlinkError::Kernel(errno),
+            socket::Error::Protocol(text) => NetlinkError::Protocol(text),
+        }
+    }
 }
+
+/// A generic netlink socket talking to the kernel.
+struct GenlSocket(Socket);
 
 impl GenlSocket {
     fn open() -> io::Result<GenlSocket> {
-        // SAFETY: plain socket(2); the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_GENERIC,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a descriptor we just opened and own alone.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let timeout = libc::timeval {
-            tv_sec: NETLINK_TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        // SAFETY: `timeout` is a valid timeval that outlives the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(GenlSocket { fd, seq: 0 })
+        Socket::open(libc::NETLINK_GENERIC, NETLINK_TIMEOUT).map(GenlSocket)
     }
 
-    fn kernel_address() -> libc::sockaddr_nl {
-        // SAFETY: sockaddr_nl is plain data; all zeroes is a valid value.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        addr
-    }
-
-    /// Sends the request `build` makes for the next sequence number and
-    /// returns the payloads of the kernel's answers up to its acknowledgement.
-    fn transact(
-        &mut self,
-        build: impl FnOnce(u32) -> Vec<u8>,
-    ) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let request = build(seq);
-        let to = Self::kernel_address();
-        // SAFETY: the buffer and address are valid for the lengths given.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                request.as_ptr().cast(),
-                request.len(),
-                0,
-                (&to as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(NetlinkError::Io(io::Error::last_os_error()));
-        }
-        if sent as usize != request.len() {
-            return Err(NetlinkError::Protocol("short netlink send".into()));
-        }
-
-        let mut messages = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        for _ in 0..MAX_DATAGRAMS {
-            let mut from = Self::kernel_address();
-            let mut from_len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-            // SAFETY: the buffer and address are valid for the lengths given;
-            // MSG_TRUNC makes the kernel report a datagram's full length.
-            let received = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_TRUNC,
-                    (&mut from as *mut libc::sockaddr_nl).cast(),
-                    &mut from_len,
-                )
-            };
-            if received < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(NetlinkError::Io(e));
-            }
-            let received = received as usize;
-            if received > buf.len() {
-                return Err(NetlinkError::Protocol(format!(
-                    "netlink reply of {received} bytes does not fit the buffer"
-                )));
-            }
-            // Only the kernel (port 0) speaks for the kernel.
-            if from.nl_pid != 0 {
-                continue;
-            }
-            for reply in parse_datagram(&buf[..received], seq).map_err(NetlinkError::Protocol)? {
-                match reply {
-                    NetlinkReply::Message { kind, payload } => messages.push((kind, payload)),
-                    NetlinkReply::Ack | NetlinkReply::Done => return Ok(messages),
-                    NetlinkReply::Failed(code) => return Err(NetlinkError::Kernel(code)),
-                }
-            }
-        }
-        Err(NetlinkError::Protocol(
-            "the kernel never acknowledged the netlink request".into(),
-        ))
+    /// Sends `request` and returns the kernel's answers up to its
+    /// acknowledgement.
+    fn transact(&mut self, request: MsgBuilder) -> Result<Vec<Answer>, NetlinkError> {
+        Ok(self.0.transact(request, MAX_DATAGRAMS)?.answers)
     }
 }
 
 fn resolve_nbd_family(socket: &mut GenlSocket) -> Result<u16, NetlinkError> {
-    let replies = socket.transact(family_request)?;
-    replies
+    socket
+        .transact(family_request())?
         .iter()
-        .filter(|(kind, _)| *kind == GENL_ID_CTRL)
-        .find_map(|(_, payload)| family_id(payload))
+        .filter(|answer| answer.kind == GENL_ID_CTRL)
+        .find_map(|answer| family_id(&answer.payload))
         .ok_or_else(|| NetlinkError::Protocol("no family id in the controller's reply".into()))
 }
 
@@ -736,17 +512,10 @@ fn ioctl_attach(
 mod tests {
     use super::*;
     use crate::nbd::client::testing::{export, serve_handshake};
+    use crate::netlink::msg::testing::{ne16, ne32, ne64};
+    use crate::netlink::msg::{parse_error, split, NLMSG_ERROR, NLM_F_CAPPED};
     use std::os::unix::net::UnixStream;
 
-    fn ne16(v: u16) -> Vec<u8> {
-        v.to_ne_bytes().to_vec()
-    }
-    fn ne32(v: u32) -> Vec<u8> {
-        v.to_ne_bytes().to_vec()
-    }
-    fn ne64(v: u64) -> Vec<u8> {
-        v.to_ne_bytes().to_vec()
-    }
     fn bytes(parts: &[Vec<u8>]) -> Vec<u8> {
         parts.concat()
     }
@@ -775,48 +544,8 @@ mod tests {
     }
 
     #[test]
-    fn attributes_are_padded_to_four_bytes() {
-        let mut out = Vec::new();
-        put_attr(&mut out, 9, b"abcde");
-        // 4 header + 5 payload = 9 in the length field, padded to 12.
-        assert_eq!(out, bytes(&[ne16(9), ne16(9), b"abcde\0\0\0".to_vec()]));
-        let mut out = Vec::new();
-        put_attr(&mut out, 2, b"");
-        assert_eq!(out, bytes(&[ne16(4), ne16(2)]));
-        let mut out = Vec::new();
-        put_u64_attr(&mut out, 2, 0x0102_0304_0506_0708);
-        assert_eq!(
-            out,
-            bytes(&[ne16(12), ne16(2), ne64(0x0102_0304_0506_0708)])
-        );
-    }
-
-    #[test]
-    fn nested_attributes_cover_their_contents() {
-        let mut out = vec![0xaa];
-        put_nested(&mut out, 7, |inner| {
-            put_attr(inner, 1, b"xyz");
-            put_u32_attr(inner, 2, 5);
-        });
-        assert_eq!(
-            out,
-            bytes(&[
-                vec![0xaa],
-                ne16(4 + 8 + 8),
-                ne16(7 | 0x8000),
-                ne16(7),
-                ne16(1),
-                b"xyz\0".to_vec(),
-                ne16(8),
-                ne16(2),
-                ne32(5),
-            ])
-        );
-    }
-
-    #[test]
     fn family_lookup_request_bytes() {
-        let msg = family_request(42);
+        let msg = family_request().finish(42);
         assert_eq!(
             msg,
             bytes(&[
@@ -877,14 +606,14 @@ mod tests {
             vec![1, 1, 0, 0], // NBD_CMD_CONNECT, version 1
             expected_attrs.clone(),
         ]);
-        assert_eq!(connect_request(0x1b, 7, &connect), expected);
+        assert_eq!(connect_request(0x1b, &connect).finish(7), expected);
 
         // With a timeout, NBD_ATTR_TIMEOUT sits before the sockets.
         let timed = Connect {
             timeout_secs: Some(30),
             ..connect
         };
-        let msg = connect_request(0x1b, 7, &timed);
+        let msg = connect_request(0x1b, &timed).finish(7);
         assert_eq!(msg.len(), 16 + 4 + 72 + 12);
         assert_eq!(&msg[..4], &ne32(104)[..]);
         assert_eq!(
@@ -896,7 +625,7 @@ mod tests {
     #[test]
     fn disconnect_request_bytes() {
         assert_eq!(
-            disconnect_request(0x1b, 1, 5),
+            disconnect_request(0x1b, 5).finish(1),
             bytes(&[
                 ne32(28),
                 ne16(0x1b),
@@ -914,24 +643,17 @@ mod tests {
     /// What the kernel's controller answers to CTRL_CMD_GETFAMILY "nbd",
     /// followed by the acknowledgement, in one datagram.
     fn newfamily_datagram(seq: u32, id: u16) -> Vec<u8> {
-        let mut attrs = Vec::new();
-        put_attr(&mut attrs, CTRL_ATTR_FAMILY_NAME, b"nbd\0");
-        put_attr(&mut attrs, CTRL_ATTR_FAMILY_ID, &id.to_ne_bytes()); // 6, padded to 8
-        put_u32_attr(&mut attrs, 3, 1); // CTRL_ATTR_VERSION
-        put_nested(&mut attrs, 6, |ops| put_u32_attr(ops, 1, 1)); // CTRL_ATTR_OPS
-        let payload = bytes(&[vec![CTRL_CMD_NEWFAMILY, 2, 0, 0], attrs]);
-        let mut datagram = bytes(&[
-            ne32((16 + payload.len()) as u32),
-            ne16(GENL_ID_CTRL),
-            ne16(0),
-            ne32(seq),
-            ne32(1234),
-            payload,
-        ]);
+        let mut reply = MsgBuilder::new(GENL_ID_CTRL, 0);
+        reply.fixed(&[CTRL_CMD_NEWFAMILY, 2, 0, 0]);
+        reply.attr(CTRL_ATTR_FAMILY_NAME, b"nbd\0");
+        reply.attr(CTRL_ATTR_FAMILY_ID, &id.to_ne_bytes()); // 6, padded to 8
+        reply.attr(3, &1u32.to_ne_bytes()); // CTRL_ATTR_VERSION
+        reply.nested(6, |ops| ops.attr(1, &1u32.to_ne_bytes())); // CTRL_ATTR_OPS
+        let mut datagram = reply.finish(seq);
         let ack = bytes(&[
             ne32(16 + 4 + 16),
             ne16(NLMSG_ERROR),
-            ne16(0x100), // NLM_F_CAPPED
+            ne16(NLM_F_CAPPED),
             ne32(seq),
             ne32(1234),
             ne32(0),
@@ -944,51 +666,26 @@ mod tests {
     #[test]
     fn newfamily_reply_yields_the_family_id() {
         let datagram = newfamily_datagram(5, 0x1b);
-        let replies = parse_datagram(&datagram, 5).expect("parse");
-        assert_eq!(replies.len(), 2);
-        let NetlinkReply::Message { kind, payload } = &replies[0] else {
-            panic!("expected a message, got {replies:?}");
-        };
-        assert_eq!(*kind, GENL_ID_CTRL);
-        assert_eq!(family_id(payload), Some(0x1b));
-        assert_eq!(replies[1], NetlinkReply::Ack);
-        // The answer to another request is skipped.
-        assert_eq!(parse_datagram(&datagram, 6), Ok(vec![]));
+        let messages = split(&datagram).expect("parse");
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0].kind, GENL_ID_CTRL);
+        assert_eq!(family_id(messages[0].payload), Some(0x1b));
+        assert_eq!(messages[1].kind, NLMSG_ERROR);
+        assert_eq!(parse_error(messages[1].payload, messages[1].flags).errno, 0);
     }
 
     #[test]
-    fn netlink_errors_and_garbage_are_reported_not_trusted() {
-        let enoent = bytes(&[
-            ne32(36),
-            ne16(NLMSG_ERROR),
-            ne16(0),
-            ne32(1),
-            ne32(0),
-            ne32((-libc::ENOENT) as u32),
-            vec![0; 16],
-        ]);
-        assert_eq!(
-            parse_datagram(&enoent, 1),
-            Ok(vec![NetlinkReply::Failed(libc::ENOENT)])
-        );
+    fn garbage_is_reported_not_trusted() {
         // Every truncation of a good datagram parses or fails, never panics,
         // and never yields a family id from half an attribute.
         let datagram = newfamily_datagram(5, 0x1b);
         for cut in 0..datagram.len() {
-            if let Ok(replies) = parse_datagram(&datagram[..cut], 5) {
-                for reply in replies {
-                    if let NetlinkReply::Message { payload, .. } = reply {
-                        assert_eq!(family_id(&payload), Some(0x1b));
-                    }
+            if let Ok(messages) = split(&datagram[..cut]) {
+                for m in messages.iter().filter(|m| m.kind == GENL_ID_CTRL) {
+                    assert_eq!(family_id(m.payload), Some(0x1b));
                 }
             }
         }
-        // A message length pointing past the datagram, or below the header.
-        let mut lying = datagram.clone();
-        lying[..4].copy_from_slice(&ne32(10_000));
-        assert!(parse_datagram(&lying, 5).is_err());
-        lying[..4].copy_from_slice(&ne32(3));
-        assert!(parse_datagram(&lying, 5).is_err());
         // An attribute whose length overruns its message.
         let payload = bytes(&[
             vec![CTRL_CMD_NEWFAMILY, 2, 0, 0],

@@ -5,12 +5,13 @@
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use tokio::io::unix::AsyncFd;
 
-const NLMSG_HEADER_LEN: usize = 16;
-const NLMSG_ERROR: u16 = 2;
+use crate::netlink::msg::{self, MsgBuilder, NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_REQUEST};
+use crate::netlink::socket::{recv_datagram, send_to_kernel};
+
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
@@ -19,7 +20,6 @@ const RTM_DELADDR: u16 = 21;
 const IFINFOMSG_LEN: usize = 16;
 /// struct ifaddrmsg: family, prefixlen, flags, scope, index.
 const IFADDRMSG_LEN: usize = 8;
-const RTA_HEADER_LEN: usize = 4;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const AF_INET: u8 = libc::AF_INET as u8;
@@ -43,19 +43,13 @@ pub enum LinkEvent {
 /// Truncated or malformed messages end the parse; what came before stands.
 pub fn parse(datagram: &[u8], ifindex: u32) -> Vec<LinkEvent> {
     let mut events = Vec::new();
-    let mut rest = datagram;
-    while rest.len() >= NLMSG_HEADER_LEN {
-        let length = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-        if length < NLMSG_HEADER_LEN || length > rest.len() {
-            break;
-        }
-        let body = &rest[NLMSG_HEADER_LEN..length];
-        match kind {
+    for message in msg::messages(datagram).map_while(Result::ok) {
+        let body = message.payload;
+        match message.kind {
             RTM_NEWLINK | RTM_DELLINK => {
                 if let Some((index, flags)) = link_header(body) {
                     if index == ifindex {
-                        events.push(if kind == RTM_DELLINK {
+                        events.push(if message.kind == RTM_DELLINK {
                             LinkEvent::Removed
                         } else {
                             LinkEvent::Link {
@@ -72,13 +66,8 @@ pub fn parse(datagram: &[u8], ifindex: u32) -> Vec<LinkEvent> {
             }
             _ => {}
         }
-        rest = rest.get(align(length)..).unwrap_or(&[]);
     }
     events
-}
-
-fn align(length: usize) -> usize {
-    (length + 3) & !3
 }
 
 /// (index, flags) of an ifinfomsg.
@@ -98,14 +87,7 @@ fn removed_address(body: &[u8], ifindex: u32) -> Option<Ipv4Addr> {
     }
     let mut local = None;
     let mut address = None;
-    let mut attributes = &body[IFADDRMSG_LEN..];
-    while attributes.len() >= RTA_HEADER_LEN {
-        let length = usize::from(u16::from_ne_bytes([attributes[0], attributes[1]]));
-        let kind = u16::from_ne_bytes([attributes[2], attributes[3]]);
-        if length < RTA_HEADER_LEN || length > attributes.len() {
-            break;
-        }
-        let value = &attributes[RTA_HEADER_LEN..length];
+    for (kind, value) in msg::attrs(&body[IFADDRMSG_LEN..]) {
         if let Ok(octets) = <[u8; 4]>::try_from(value) {
             match kind {
                 IFA_LOCAL => local = Some(Ipv4Addr::from(octets)),
@@ -113,7 +95,6 @@ fn removed_address(body: &[u8], ifindex: u32) -> Option<Ipv4Addr> {
                 _ => {}
             }
         }
-        attributes = attributes.get(align(length)..).unwrap_or(&[]);
     }
     // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's
     // on point-to-point links and the same otherwise.
@@ -165,32 +146,11 @@ impl RouteSocket {
     /// Asks the kernel for the interface's current state; the answer
     /// arrives through [`recv`](Self::recv) like any change.
     pub fn request_link(&self, ifindex: u32) -> io::Result<()> {
-        let mut message = [0u8; NLMSG_HEADER_LEN + IFINFOMSG_LEN];
-        let total = message.len() as u32;
-        message[0..4].copy_from_slice(&total.to_ne_bytes());
-        message[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
-        message[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
-        message[8..12].copy_from_slice(&1u32.to_ne_bytes());
-        message[NLMSG_HEADER_LEN + 4..NLMSG_HEADER_LEN + 8]
-            .copy_from_slice(&(ifindex as i32).to_ne_bytes());
-        // SAFETY: sockaddr_nl is plain data; pid 0 is the kernel.
-        let mut kernel: libc::sockaddr_nl = unsafe { zeroed() };
-        kernel.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: `message` and `kernel` are valid for the call.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                message.as_ptr().cast(),
-                message.len(),
-                0,
-                (&kernel as *const libc::sockaddr_nl).cast(),
-                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        let mut ifinfomsg = [0u8; IFINFOMSG_LEN];
+        ifinfomsg[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+        let mut request = MsgBuilder::new(RTM_GETLINK, NLM_F_REQUEST);
+        request.fixed(&ifinfomsg);
+        send_to_kernel(self.fd.get_ref().as_fd(), &request.finish(1))
     }
 
     /// The next datagram from the kernel (anything from another sender is
@@ -198,29 +158,11 @@ impl RouteSocket {
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let mut ready = self.fd.readable().await?;
-            let received = ready.try_io(|fd| {
-                // SAFETY: sockaddr_nl is plain data.
-                let mut from: libc::sockaddr_nl = unsafe { zeroed() };
-                let mut from_len = size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-                // SAFETY: `buf` and `from` are valid for writes of the sizes given.
-                let n = unsafe {
-                    libc::recvfrom(
-                        fd.as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        0,
-                        (&mut from as *mut libc::sockaddr_nl).cast(),
-                        &mut from_len,
-                    )
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok((n as usize, from.nl_pid))
-                }
-            });
+            // A datagram cut to fit `buf` still holds whole messages up to
+            // the cut, and the parse stops at the broken one.
+            let received = ready.try_io(|fd| recv_datagram(fd.get_ref().as_fd(), buf));
             match received {
-                Ok(Ok((n, 0))) => return Ok(n),
+                Ok(Ok(r)) if r.sender == 0 => return Ok(r.len),
                 Ok(Ok(_from_user_space)) => continue,
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
@@ -231,8 +173,7 @@ impl RouteSocket {
 
 /// Whether a datagram is an error answer to our request (logged by the caller).
 pub fn is_error(datagram: &[u8]) -> bool {
-    datagram.len() >= NLMSG_HEADER_LEN
-        && u16::from_ne_bytes([datagram[4], datagram[5]]) == NLMSG_ERROR
+    datagram.len() >= NLMSG_HDRLEN && u16::from_ne_bytes([datagram[4], datagram[5]]) == NLMSG_ERROR
 }
 
 #[cfg(test)]
@@ -240,15 +181,9 @@ mod tests {
     use super::*;
 
     fn message(kind: u16, body: &[u8]) -> Vec<u8> {
-        let mut m = Vec::new();
-        m.extend_from_slice(&((NLMSG_HEADER_LEN + body.len()) as u32).to_ne_bytes());
-        m.extend_from_slice(&kind.to_ne_bytes());
-        m.extend_from_slice(&[0; 10]);
-        m.extend_from_slice(body);
-        while m.len() % 4 != 0 {
-            m.push(0);
-        }
-        m
+        let mut m = MsgBuilder::new(kind, 0);
+        m.fixed(body);
+        m.finish(0)
     }
 
     fn link(kind: u16, index: i32, flags: u32) -> Vec<u8> {
@@ -263,17 +198,13 @@ mod tests {
     }
 
     fn address(kind: u16, family: u8, index: u32, attributes: &[(u16, &[u8])]) -> Vec<u8> {
-        let mut body = vec![family, 16, 0, 253];
-        body.extend_from_slice(&index.to_ne_bytes());
+        let mut m = MsgBuilder::new(kind, 0);
+        m.fixed(&[family, 16, 0, 253]);
+        m.fixed(&index.to_ne_bytes());
         for (kind, value) in attributes {
-            body.extend_from_slice(&((RTA_HEADER_LEN + value.len()) as u16).to_ne_bytes());
-            body.extend_from_slice(&kind.to_ne_bytes());
-            body.extend_from_slice(value);
-            while body.len() % 4 != 0 {
-                body.push(0);
-            }
+            m.attr(*kind, value);
         }
-        message(kind, &body)
+        m.finish(0)
     }
 
     #[test]
@@ -365,7 +296,7 @@ mod tests {
         assert_eq!(parse(&message(RTM_NEWLINK, &[0; 8]), 7), vec![]);
         // An attribute claiming more than is there.
         let mut bad = address(RTM_DELADDR, AF_INET, 7, &[(IFA_LOCAL, &[169, 254, 1, 2])]);
-        let at = NLMSG_HEADER_LEN + IFADDRMSG_LEN;
+        let at = NLMSG_HDRLEN + IFADDRMSG_LEN;
         bad[at..at + 2].copy_from_slice(&200u16.to_ne_bytes());
         assert_eq!(parse(&bad, 7), vec![]);
     }
