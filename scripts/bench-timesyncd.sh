@@ -169,5 +169,5 @@ echo "after ${DAEMON_SECS}s of polling:"
 footprint "$tb_pid" toolbox
 [ -z "$st_pid" ] || footprint "$st_pid" "toolbox static"
 footprint "$ch_pid" chronyd
-echo "  (target: idle RSS under 2048 KiB; the dynamic build's RSS includes the shared glibc pages it maps)" 
+echo "  (target: idle RSS under 2048 KiB; the dynamic build's RSS includes the shared glibc pages it maps)"
 "$TOOLBOX" timesyncd --status --state-file "$work/state" | sed -n '1,9p' | sed 's/^/    /'

@@ -76,19 +76,11 @@ impl<'a> MapLine<'a> {
     }
 }
 
-/// What a trim did, for the log.
-#[derive(Debug, Default)]
-pub struct Trimmed {
-    pub advised_kib: usize,
-    pub rss_before_kib: Option<u64>,
-    pub rss_after_kib: Option<u64>,
-}
-
-/// Gives back the start-up pages of our image and free heap. Best effort:
-/// a kernel without `MADV_PAGEOUT` (before 5.4) just keeps the pages.
-pub fn give_back() -> Trimmed {
-    let rss_before_kib = resident_kib();
-    let anchor = give_back as fn() -> Trimmed as usize;
+/// Gives back the start-up pages of our image and free heap; returns how
+/// many KiB of image were advised. Best effort: a kernel without
+/// `MADV_PAGEOUT` (before 5.4) just keeps the pages.
+pub fn give_back() -> usize {
+    let anchor = give_back as fn() -> usize as usize;
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     let mut advised_kib = 0;
     for range in image_ranges(&maps, anchor) {
@@ -106,35 +98,32 @@ pub fn give_back() -> Trimmed {
     unsafe {
         libc::malloc_trim(0);
     }
-    Trimmed {
-        advised_kib,
-        rss_before_kib,
-        rss_after_kib: resident_kib(),
-    }
+    advised_kib
 }
 
-/// VmRSS of this process in KiB.
-fn resident_kib() -> Option<u64> {
+/// A `... kB` line of /proc/self/status (`VmRSS:`, `RssFile:`), in KiB.
+fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Waits until `SETTLE` after readiness, then trims once and logs it.
+/// Waits until `SETTLE` after readiness, then trims once.
 pub async fn after_ready(ready: tokio::sync::watch::Receiver<bool>) {
     let mut ready = ready;
     if ready.wait_for(|r| *r).await.is_err() {
         return;
     }
     tokio::time::sleep(SETTLE).await;
-    let t = give_back();
+    let before = status_kib("VmRSS:");
+    let advised_kib = give_back();
+    let shown = |kib: Option<u64>| kib.map_or("?".into(), |v| v.to_string());
     tracing::debug!(
-        "gave back start-up memory: {} KiB of image advised, resident {} -> {} KiB",
-        t.advised_kib,
-        t.rss_before_kib.map_or("?".into(), |v| v.to_string()),
-        t.rss_after_kib.map_or("?".into(), |v| v.to_string()),
+        "gave back start-up memory: {advised_kib} KiB of image advised, resident {} -> {} KiB",
+        shown(before),
+        shown(status_kib("VmRSS:")),
     );
 }
 
@@ -196,17 +185,9 @@ garbage line
 
     #[test]
     fn giving_back_lowers_this_processes_resident_image() {
-        let file_kib = || -> u64 {
-            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("RssFile:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0)
-        };
-        let before = file_kib();
-        let trimmed = give_back();
-        assert!(trimmed.advised_kib > 0, "no image mapping advised");
-        assert!(file_kib() < before, "resident file pages did not go down");
+        let before = status_kib("RssFile:").unwrap_or(0);
+        assert!(give_back() > 0, "no image mapping advised");
+        let after = status_kib("RssFile:").unwrap_or(0);
+        assert!(after < before, "resident file pages did not go down");
     }
 }

@@ -11,29 +11,11 @@ use crate::netlink::msg::{
     attrs, c_string, u32_of, MsgBuilder, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REPLACE, NLM_F_REQUEST,
 };
-
-pub const RTM_NEWLINK: u16 = 16;
-pub const RTM_GETLINK: u16 = 18;
-pub const RTM_NEWADDR: u16 = 20;
-pub const RTM_DELADDR: u16 = 21;
-pub const RTM_GETADDR: u16 = 22;
-
-const IFLA_ADDRESS: u16 = 1;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_MTU: u16 = 4;
-const IFLA_MIN_MTU: u16 = 50;
-const IFLA_MAX_MTU: u16 = 51;
-
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const IFA_BROADCAST: u16 = 4;
-const IFA_CACHEINFO: u16 = 6;
-const IFA_FLAGS: u16 = 8;
-const IFA_RT_PRIORITY: u16 = 9;
-const IFA_PROTO: u16 = 11;
-
-const IFINFOMSG_LEN: usize = 16;
-const IFADDRMSG_LEN: usize = 8;
+use crate::netlink::route::{
+    IFADDRMSG_LEN, IFA_ADDRESS, IFA_BROADCAST, IFA_CACHEINFO, IFA_FLAGS, IFA_LOCAL, IFA_PROTO,
+    IFA_RT_PRIORITY, IFINFOMSG_LEN, IFLA_ADDRESS, IFLA_IFNAME, IFLA_MAX_MTU, IFLA_MIN_MTU,
+    IFLA_MTU, RTM_DELADDR, RTM_GETADDR, RTM_GETLINK, RTM_NEWADDR, RTM_NEWLINK,
+};
 
 fn ifinfomsg(index: u32, flags: u32, change: u32) -> [u8; IFINFOMSG_LEN] {
     let mut m = [0u8; IFINFOMSG_LEN];

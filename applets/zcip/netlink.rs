@@ -10,23 +10,15 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use tokio::io::unix::AsyncFd;
 
 use crate::netlink::msg::{self, MsgBuilder, NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_REQUEST};
+use crate::netlink::route::{
+    IFADDRMSG_LEN, IFA_ADDRESS, IFA_LOCAL, IFINFOMSG_LEN, RTMGRP_IPV4_IFADDR, RTMGRP_LINK,
+    RTM_DELADDR, RTM_DELLINK, RTM_GETLINK, RTM_NEWLINK,
+};
 use crate::netlink::socket::{recv_datagram, send_to_kernel};
 
-const RTM_NEWLINK: u16 = 16;
-const RTM_DELLINK: u16 = 17;
-const RTM_GETLINK: u16 = 18;
-const RTM_DELADDR: u16 = 21;
-/// struct ifinfomsg: family, pad, type, index, flags, change.
-const IFINFOMSG_LEN: usize = 16;
-/// struct ifaddrmsg: family, prefixlen, flags, scope, index.
-const IFADDRMSG_LEN: usize = 8;
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
 const AF_INET: u8 = libc::AF_INET as u8;
 const IFF_UP: u32 = libc::IFF_UP as u32;
 const IFF_LOWER_UP: u32 = libc::IFF_LOWER_UP as u32;
-const RTMGRP_LINK: u32 = 0x1;
-const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 
 /// What the kernel said about our interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
