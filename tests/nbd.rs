@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::nbd::RawClient;
+use common::nbd::{Chunk, RawClient, CMD_FLAG_PAYLOAD_LEN};
 use common::{run_with_timeout, toolbox, Daemon, TempDir};
 
 const T: Duration = Duration::from_secs(60);
@@ -23,10 +23,15 @@ fn have(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Skips (returns true) when a peer tool is missing, saying so.
+/// Skips (returns true) when a peer tool is missing, saying so; under
+/// CI=true a missing peer fails the test instead.
 fn missing(tools: &[&str]) -> bool {
     for tool in tools {
         if !have(tool) {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{tool} is not installed (scripts/test.sh installs it)"
+            );
             eprintln!("skipping: {tool} is not installed (scripts/test.sh installs it)");
             return true;
         }
@@ -311,19 +316,20 @@ fn hostile_clients_do_not_disturb_a_good_one() {
     let mut good = RawClient::connect(&sock);
     good.go("");
 
-    // Not fixed newstyle: dropped.
-    let mut s = UnixStream::connect(&sock).unwrap();
-    let mut greet = [0u8; 18];
-    s.read_exact(&mut greet).unwrap();
-    s.write_all(&0u32.to_be_bytes()).unwrap();
-    assert!(closed(&mut s));
+    // Not fixed newstyle, then an option only fixed newstyle has: dropped.
+    let mut s = RawClient::connect_with_flags(&sock, 0);
+    s.option(common::nbd::OPT_GO, &[0, 0, 0, 0, 0, 0]);
+    assert!(closed(&mut s.sock));
+    // Unknown client flags: dropped.
+    let mut s = RawClient::connect_with_flags(&sock, 1 << 7);
+    assert!(closed(&mut s.sock));
 
     // Wrong option magic: dropped.
     let mut s = RawClient::connect(&sock);
     s.sock.write_all(b"BADMAGIC\0\0\0\x07\0\0\0\0").unwrap();
     assert!(closed(&mut s.sock));
 
-    // Oversized option: dropped without reading 4 GiB.
+    // Oversized option: refused and dropped without reading 4 GiB.
     let mut s = RawClient::connect(&sock);
     s.sock
         .write_all(b"IHAVEOPT\0\0\0\x07\xff\xff\xff\xff")
@@ -344,6 +350,11 @@ fn hostile_clients_do_not_disturb_a_good_one() {
     s.request(1, 0, 0, big.len() as u64, Some(&big));
     assert_eq!(s.simple_reply(), (0, 75));
     s.read_check(4096, 512, &data[4096..4608]);
+    // A payload too large even to drain: dropped.
+    let mut s2 = RawClient::connect(&sock);
+    s2.go("");
+    s2.request(1, 0, 0, 300 << 20, None);
+    assert!(closed(&mut s2.sock));
     // Bad request magic: dropped.
     s.sock.write_all(&[0xde; 28]).unwrap();
     assert!(closed(&mut s.sock));
@@ -420,6 +431,10 @@ fn invalid_command_lines_get_one_clear_line() {
             "/nonexistent/disk.img",
         ),
         (&["-f", "vmdk", "/x"][..], "Unknown file format 'vmdk'"),
+        (
+            &["--rotational=maybe", "/x"][..],
+            "Invalid rotational mode 'maybe'",
+        ),
     ] {
         let out = run_with_timeout(Command::new(toolbox()).arg("nbd").args(args), T);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -592,4 +607,452 @@ fn trim_punches_holes_only_with_discard_unmap() {
             "read -P 0 0 64k",
         ]));
     }
+}
+
+/// Starts `toolbox nbd -vv ARGS... -k SOCK` with its log in DIR/nbd.log.
+fn serve_logged(dir: &TempDir, args: &[&str]) -> (Daemon, PathBuf, PathBuf) {
+    let sock = dir.path().join("nbd.sock");
+    let log = dir.path().join("nbd.log");
+    let mut cmd = Command::new(toolbox());
+    cmd.args(["nbd", "-vv", "-k"])
+        .arg(&sock)
+        .args(args)
+        .env("LOGGING", "stderr")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let daemon = Daemon::spawn(cmd);
+    common::wait_until(Duration::from_secs(10), || sock.exists()).expect("nbd never listened");
+    (daemon, sock, log)
+}
+
+/// The reply style of the latest client, from the server's -vv log.
+fn last_negotiated(log: &Path) -> String {
+    let mut last = None;
+    common::wait_until(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        last = text.lines().rev().find_map(|l| {
+            l.split_once(" negotiated ")
+                .map(|(_, what)| what.to_owned())
+        });
+        last.is_some()
+    });
+    last.unwrap_or_else(|| panic!("no negotiation in {}", log.display()))
+}
+
+/// Runs `nbdsh -c CODE` (libnbd's Python shell) with $URI set; its stdout.
+/// The system's python3 comes first: the nbd module is packaged for it,
+/// not for whatever other python3 PATH may find.
+fn nbdsh(uri: &str, code: &str) -> String {
+    let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
+    ok(Command::new("nbdsh")
+        .env("PATH", path)
+        .env("URI", uri)
+        .args(["-c", code]))
+}
+
+/// libnbd's version as (major, minor), from `nbdinfo --version`.
+fn libnbd_version() -> (u32, u32) {
+    let out = ok(Command::new("nbdinfo").arg("--version"));
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("libnbd "))
+        .unwrap_or_else(|| panic!("no libnbd version in {out}"));
+    let mut parts = line.trim().split('.').map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Extended headers arrived in libnbd 1.18.
+fn libnbd_has_extended_headers() -> bool {
+    libnbd_version() >= (1, 18)
+}
+
+fn error_chunk(c: &Chunk, cookie: u64, errno: u32) {
+    assert_eq!(c.cookie, cookie, "{c:?}");
+    assert_eq!(c.kind, 0x8001, "not an error chunk: {c:?}");
+    assert_eq!(c.error, errno, "{c:?}");
+    assert_eq!(c.flags & 1, 1, "error chunk without DONE: {c:?}");
+}
+
+/// The (length, flags) descriptors of a BLOCK_STATUS(_EXT) chunk.
+fn descriptors(c: &Chunk) -> Vec<(u64, u64)> {
+    let p = &c.payload;
+    let be32 = |i: usize| u32::from_be_bytes(p[i..i + 4].try_into().unwrap()) as u64;
+    let be64 = |i: usize| u64::from_be_bytes(p[i..i + 8].try_into().unwrap());
+    assert_eq!(be32(0), 1, "context id");
+    match c.kind {
+        5 => (4..p.len())
+            .step_by(8)
+            .map(|i| (be32(i), be32(i + 4)))
+            .collect(),
+        6 => {
+            assert_eq!(be32(4) as usize, (p.len() - 8) / 16, "descriptor count");
+            (8..p.len())
+                .step_by(16)
+                .map(|i| (be64(i), be64(i + 8)))
+                .collect()
+        }
+        other => panic!("not a block status chunk: {other} {c:?}"),
+    }
+}
+
+#[test]
+fn block_status_of_length_zero_is_einval() {
+    let dir = TempDir::new("nbd-bs0");
+    let img = patterned_image(&dir, "disk.img", 1 << 20);
+    let (_d, sock) = serve(&dir, &["-t", "-e", "4", img.to_str().unwrap()]);
+    // Compact headers.
+    let mut c = RawClient::connect(&sock);
+    c.go_with_replies("", false);
+    c.request(7, 0, 0, 0, None);
+    error_chunk(&c.chunk(), c.cookie, 22);
+    c.request(7, 0, 0, 4096, None);
+    let d = descriptors(&c.chunk());
+    assert!(!d.is_empty() && d.iter().all(|&(len, _)| len > 0), "{d:?}");
+    // Extended headers.
+    let mut c = RawClient::connect(&sock);
+    c.go_with_replies("", true);
+    let cookie = c.request_ext(7, 0, 0, 0, &[]);
+    error_chunk(&c.chunk(), cookie, 22);
+    let cookie = c.request_ext(7, 0, 4096, 4096, &[]);
+    let chunk = c.chunk();
+    assert_eq!(chunk.cookie, cookie);
+    let d = descriptors(&chunk);
+    assert!(!d.is_empty() && d.iter().all(|&(len, _)| len > 0), "{d:?}");
+    // libnbd in strict mode, told to let a zero length through.
+    if missing(&["nbdsh"]) {
+        return;
+    }
+    let out = nbdsh(
+        &uri(&sock),
+        "import os\n\
+         h.set_strict_mode(nbd.STRICT_MASK & ~nbd.STRICT_ZERO_SIZE)\n\
+         h.add_meta_context('base:allocation')\n\
+         h.connect_uri(os.environ['URI'])\n\
+         try:\n    h.block_status(0, 0, lambda *a: 0)\n    print('answered')\n\
+         except nbd.Error as e:\n    print('errno', e.errnum)\n\
+         h.block_status(4096, 0, lambda *a: 0)\n\
+         print('still connected')\n",
+    );
+    assert_eq!(out, "errno 22\nstill connected\n");
+}
+
+#[test]
+fn declared_payloads_are_consumed_refused_and_the_stream_stays_in_step() {
+    let dir = TempDir::new("nbd-payload");
+    let img = patterned_image(&dir, "disk.img", 1 << 20);
+    let data = std::fs::read(&img).unwrap();
+    let (_d, sock) = serve(&dir, &["-t", "-e", "4", img.to_str().unwrap()]);
+    let mut c = RawClient::connect(&sock);
+    let flags = c.go_with_replies("", true);
+    assert_ne!(flags & (1 << 12), 0, "BLOCK_STATUS_PAYLOAD not advertised");
+    // TRIM, READ and FLUSH take no payload: it is read, then refused.
+    for (kind, len) in [(4u16, 16u64), (0, 4096), (3, 100)] {
+        let payload = vec![0x25u8; len as usize];
+        let cookie = c.request_ext(kind, CMD_FLAG_PAYLOAD_LEN, 0, len, &payload);
+        error_chunk(&c.chunk(), cookie, 22);
+    }
+    // The next request is parsed where it starts.
+    let cookie = c.request_ext(0, 0, 512, 512, &[]);
+    let chunk = c.chunk();
+    assert_eq!((chunk.cookie, chunk.kind, chunk.flags & 1), (cookie, 1, 1));
+    assert_eq!(&chunk.payload[8..], &data[512..1024]);
+    // BLOCK_STATUS's payload form: effect length and our context id.
+    let mut form = (64u64 << 10).to_be_bytes().to_vec();
+    form.extend_from_slice(&1u32.to_be_bytes());
+    let cookie = c.request_ext(7, CMD_FLAG_PAYLOAD_LEN, 0, form.len() as u64, &form);
+    let chunk = c.chunk();
+    assert_eq!((chunk.cookie, chunk.kind), (cookie, 6), "{chunk:?}");
+    let d = descriptors(&chunk);
+    assert_eq!(d.iter().map(|e| e.0).sum::<u64>(), 64 << 10, "{d:?}");
+    // ...naming a context that does not exist: EINVAL, still in step.
+    let mut bad = (4096u64).to_be_bytes().to_vec();
+    bad.extend_from_slice(&7u32.to_be_bytes());
+    let cookie = c.request_ext(7, CMD_FLAG_PAYLOAD_LEN, 0, bad.len() as u64, &bad);
+    error_chunk(&c.chunk(), cookie, 22);
+    // A payload too long to serve is drained, then refused.
+    let big = vec![0u8; (32 << 20) + 8];
+    let cookie = c.request_ext(4, CMD_FLAG_PAYLOAD_LEN, 0, big.len() as u64, &big);
+    error_chunk(&c.chunk(), cookie, 22);
+    let cookie = c.request_ext(3, 0, 0, 0, &[]);
+    let chunk = c.chunk();
+    assert_eq!((chunk.cookie, chunk.error), (cookie, 0));
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        data,
+        "a refused command wrote"
+    );
+    // Without extended headers the flag is invalid and not advertised.
+    let mut c = RawClient::connect(&sock);
+    assert_eq!(c.go_with_replies("", false) & (1 << 12), 0);
+    c.request(3, CMD_FLAG_PAYLOAD_LEN, 0, 0, None);
+    error_chunk(&c.chunk(), c.cookie, 22);
+}
+
+/// What a server answers to the negotiation corners of a strict client,
+/// as lines that can be compared between servers.
+fn option_corners(sock: &Path, name: &str, data: &[u8]) -> Vec<String> {
+    use common::nbd::*;
+    let mut seen = Vec::new();
+    let mut replies = |c: &mut RawClient, what: &str, opts: &[u32]| {
+        let types: Vec<String> = opts
+            .iter()
+            .map(|&o| {
+                c.option(o, &[]);
+                format!("{:#x}", c.option_reply().0)
+            })
+            .collect();
+        seen.push(format!("{what}: {}", types.join(" ")));
+    };
+    let mut c = RawClient::connect(sock);
+    replies(
+        &mut c,
+        "extended, structured, extended",
+        &[
+            OPT_EXTENDED_HEADERS,
+            OPT_STRUCTURED_REPLY,
+            OPT_EXTENDED_HEADERS,
+        ],
+    );
+    let mut c = RawClient::connect(sock);
+    replies(
+        &mut c,
+        "structured twice, then extended",
+        &[
+            OPT_STRUCTURED_REPLY,
+            OPT_STRUCTURED_REPLY,
+            OPT_EXTENDED_HEADERS,
+        ],
+    );
+    // An unknown option with 1 MiB of data is read past and refused.
+    let mut c = RawClient::connect(sock);
+    c.option(0x4242, &vec![0x5a; 1 << 20]);
+    let unknown = c.option_reply().0;
+    c.option(OPT_STRUCTURED_REPLY, &[]);
+    seen.push(format!(
+        "1 MiB unknown option: {unknown:#x} then {:#x}",
+        c.option_reply().0
+    ));
+    // The empty name, when the export has another.
+    let mut c = RawClient::connect(sock);
+    c.option(OPT_GO, &[0, 0, 0, 0, 0, 0]);
+    seen.push(format!("GO \"\": {:#x}", c.option_reply().0));
+    // Plain newstyle (no fixed bit, no NO_ZEROES): EXPORT_NAME is served.
+    let mut c = RawClient::connect_with_flags(sock, 0);
+    c.option(OPT_EXPORT_NAME, name.as_bytes());
+    let mut answer = [0u8; 134];
+    c.sock.read_exact(&mut answer).unwrap();
+    let size = u64::from_be_bytes(answer[..8].try_into().unwrap());
+    assert!(answer[10..].iter().all(|&b| b == 0), "no zero padding");
+    c.read_check(4096, 512, &data[4096..4608]);
+    seen.push(format!("plain newstyle EXPORT_NAME: size {size}, served"));
+    // ...and an option only fixed newstyle knows ends the connection.
+    let mut c = RawClient::connect_with_flags(sock, 0);
+    c.option(OPT_GO, &[0, 0, 0, 0, 0, 0]);
+    seen.push(format!("plain newstyle GO: closed {}", closed(&mut c.sock)));
+    seen
+}
+
+#[test]
+fn negotiation_corners_are_answered_as_qemu_nbd_answers_them() {
+    let dir = TempDir::new("nbd-corners");
+    let img = patterned_image(&dir, "disk.img", 1 << 20);
+    let data = std::fs::read(&img).unwrap();
+    let (_d, sock) = serve(
+        &dir,
+        &["-t", "-e", "8", "-r", "-x", "disk", img.to_str().unwrap()],
+    );
+    let ours = option_corners(&sock, "disk", &data);
+    assert_eq!(
+        ours,
+        vec![
+            "extended, structured, extended: 0x1 0x8000000a 0x80000003",
+            "structured twice, then extended: 0x1 0x80000003 0x1",
+            "1 MiB unknown option: 0x80000001 then 0x1",
+            "GO \"\": 0x80000006",
+            "plain newstyle EXPORT_NAME: size 1048576, served",
+            "plain newstyle GO: closed true",
+        ]
+    );
+    // Past the documented limit a known option is too big; an unknown one
+    // beyond the drain limit is refused and the connection closed.
+    let mut c = RawClient::connect(&sock);
+    c.option(common::nbd::OPT_GO, &vec![0; 100 << 10]);
+    assert_eq!(c.option_reply().0, 0x8000_0009);
+    c.option(common::nbd::OPT_STRUCTURED_REPLY, &[]);
+    assert_eq!(c.option_reply().0, 1);
+    let mut c = RawClient::connect(&sock);
+    c.sock
+        .write_all(b"IHAVEOPT\0\0\x42\x42\x02\x10\0\0")
+        .unwrap();
+    assert_eq!(c.option_reply().0, 0x8000_0009);
+    assert!(closed(&mut c.sock));
+
+    if missing(&["qemu-nbd"]) {
+        return;
+    }
+    let qemu_sock = dir.path().join("qemu.sock");
+    let mut cmd = Command::new("qemu-nbd");
+    cmd.args(["-t", "-e", "8", "-r", "-x", "disk", "-f", "raw", "-k"])
+        .arg(&qemu_sock)
+        .arg(&img)
+        .stderr(std::process::Stdio::null());
+    let _qemu = Daemon::spawn(cmd);
+    common::wait_until(Duration::from_secs(10), || qemu_sock.exists())
+        .expect("qemu-nbd never listened");
+    assert_eq!(option_corners(&qemu_sock, "disk", &data), ours);
+}
+
+#[test]
+fn export_name_given_refuses_the_empty_name_as_qemu_nbd_does() {
+    if missing(&["nbdinfo", "qemu-img"]) {
+        return;
+    }
+    let dir = TempDir::new("nbd-name");
+    let img = patterned_image(&dir, "disk.img", 1 << 20);
+    let (_d, sock) = serve(
+        &dir,
+        &["-t", "-e", "4", "-x", "disk0", img.to_str().unwrap()],
+    );
+    for cmd in [
+        Command::new("nbdinfo").args(["--size", &uri(&sock)]),
+        Command::new("qemu-img").args(["info", &uri(&sock)]),
+    ] {
+        let out = run_with_timeout(cmd, T);
+        assert!(!out.status.success(), "{cmd:?} was served the empty name");
+    }
+    let named = format!("nbd+unix:///disk0?socket={}", sock.display());
+    let size = ok(Command::new("nbdinfo").args(["--size", &named]));
+    assert_eq!(size.trim(), "1048576");
+    let list = ok(Command::new("nbdinfo").args(["--list", &named]));
+    assert!(
+        list.contains("export=\"disk0\"") || list.contains("disk0"),
+        "{list}"
+    );
+}
+
+#[test]
+fn rotational_is_the_command_lines_to_correct() {
+    if missing(&["nbdinfo"]) {
+        return;
+    }
+    for (mode, expect) in [("on", "true"), ("off", "false")] {
+        let dir = TempDir::new("nbd-rot");
+        let img = patterned_image(&dir, "disk.img", 1 << 20);
+        let (_d, sock) = serve(
+            &dir,
+            &["-t", &format!("--rotational={mode}"), img.to_str().unwrap()],
+        );
+        let info = ok(Command::new("nbdinfo").arg(uri(&sock)));
+        assert!(
+            info.contains(&format!("is_rotational: {expect}")),
+            "{mode}: {info}"
+        );
+    }
+}
+
+#[test]
+fn oversized_write_is_answered_only_after_its_payload() {
+    let dir = TempDir::new("nbd-bigwrite");
+    let img = patterned_image(&dir, "disk.img", 1 << 20);
+    let data = std::fs::read(&img).unwrap();
+    let (_d, sock) = serve(&dir, &["-t", "-e", "4", img.to_str().unwrap()]);
+    let mut c = RawClient::connect(&sock);
+    c.go("");
+    let len = (32 << 20) + 4096;
+    c.request(1, 0, 0, len as u64, Some(&vec![1u8; len / 2]));
+    c.sock
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = c.sock.read(&mut byte);
+    assert!(early.is_err(), "a reply before the payload was sent");
+    c.sock.set_read_timeout(Some(T)).unwrap();
+    c.sock.write_all(&vec![1u8; len - len / 2]).unwrap();
+    assert_eq!(c.simple_reply(), (0, 75));
+    c.read_check(0, 512, &data[..512]);
+    // libnbd, which checks that every reply answers a request it sent.
+    if missing(&["nbdsh"]) {
+        return;
+    }
+    let out = nbdsh(
+        &uri(&sock),
+        "import os\n\
+         h.set_strict_mode(nbd.STRICT_MASK & ~nbd.STRICT_BOUNDS)\n\
+         h.connect_uri(os.environ['URI'])\n\
+         try:\n    h.pwrite(b'\\1' * ((32 << 20) + 4096), 0)\n    print('written')\n\
+         except nbd.Error as e:\n    print('errno', e.errnum)\n\
+         print(len(h.pread(4096, 0)))\n",
+    );
+    assert_eq!(out, "errno 75\n4096\n");
+    assert_eq!(std::fs::read(&img).unwrap(), data);
+}
+
+#[test]
+fn extended_headers_with_qemu_io_nbdinfo_and_nbdcopy() {
+    if missing(&["qemu-io", "nbdinfo", "nbdcopy"]) {
+        return;
+    }
+    let dir = TempDir::new("nbd-ext");
+    let img = dir.path().join("disk.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let (_d, sock, log) = serve_logged(
+        &dir,
+        &["-t", "-e", "4", "--discard=unmap", img.to_str().unwrap()],
+    );
+    // qemu (8.2 and later) asks for extended headers by itself.
+    let out = ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        &uri(&sock),
+        "-c",
+        "write -P 0x6b 1M 2M",
+        "-c",
+        "write -z 1536k 256k",
+        "-c",
+        "discard 2560k 512k",
+        "-c",
+        "read -P 0x6b 1M 512k",
+        "-c",
+        "read -P 0 1536k 256k",
+        "-c",
+        "read -P 0x6b 1792k 768k",
+        "-c",
+        "map",
+    ]));
+    assert!(!out.contains("failed"), "{out}");
+    assert!(
+        out.contains("[1048576] 2097152 bytes") || out.contains("MiB"),
+        "{out}"
+    );
+    assert_eq!(
+        last_negotiated(&log),
+        "extended headers and base:allocation"
+    );
+    // libnbd negotiates them from 1.18 on; older ones get structured replies.
+    let libnbd_style = if libnbd_has_extended_headers() {
+        "extended headers and base:allocation"
+    } else {
+        "structured replies and base:allocation"
+    };
+    let map = ok(Command::new("nbdinfo").args(["--map", &uri(&sock)]));
+    assert_eq!(last_negotiated(&log), libnbd_style, "nbdinfo");
+    assert!(
+        map.contains("1048576") && map.contains("hole,zero"),
+        "{map}"
+    );
+    let info = ok(Command::new("nbdinfo").arg(uri(&sock)));
+    if libnbd_has_extended_headers() {
+        assert!(info.contains("extended"), "{info}");
+    }
+    let copy = dir.path().join("copy.img");
+    ok(Command::new("nbdcopy").arg(uri(&sock)).arg(&copy));
+    assert_eq!(last_negotiated(&log), libnbd_style, "nbdcopy");
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&img).unwrap());
+    let mut expected = vec![0u8; 16 << 20];
+    expected[1 << 20..3 << 20].fill(0x6b);
+    expected[1536 << 10..1792 << 10].fill(0);
+    expected[2560 << 10..3 << 20].fill(0);
+    assert_eq!(std::fs::read(&img).unwrap(), expected);
 }

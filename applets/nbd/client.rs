@@ -803,6 +803,7 @@ pub(super) mod testing {
             backend: Arc::new(Zeroes(size)),
             read_only: false,
             multi_conn: true,
+            rotational: false,
         }
     }
 
@@ -985,6 +986,7 @@ mod tests {
             snapshot: false,
             cache: CacheMode::parse("writeback").expect("cache mode"),
             discard_unmap: false,
+            rotational: None,
             verbose: 0,
             fork: false,
             format: None,

@@ -19,6 +19,9 @@ pub struct Export {
     /// More than one client may connect (all share `backend`, so a flush on
     /// one covers the writes of all).
     pub multi_conn: bool,
+    /// NBD_FLAG_ROTATIONAL: the backing device's own flag unless the
+    /// command line (`--rotational`) says otherwise.
+    pub rotational: bool,
 }
 
 impl Export {
@@ -26,9 +29,9 @@ impl Export {
         self.backend.size()
     }
 
-    /// The transmission flags, truthfully, for a connection that has (or
-    /// has not) negotiated structured replies.
-    pub fn transmission_flags(&self, structured: bool) -> u16 {
+    /// The transmission flags, truthfully, for a connection with this reply
+    /// style that has (or has not) selected base:allocation.
+    pub fn transmission_flags(&self, style: ReplyStyle, base_allocation: bool) -> u16 {
         let mut flags = TFLAG_HAS_FLAGS | TFLAG_SEND_CACHE | TFLAG_SEND_FLUSH;
         if self.read_only {
             flags |= TFLAG_READ_ONLY;
@@ -38,20 +41,24 @@ impl Export {
                 flags |= TFLAG_SEND_FAST_ZERO;
             }
         }
-        if structured {
+        if style != ReplyStyle::Simple {
             flags |= TFLAG_SEND_DF;
+        }
+        if style == ReplyStyle::Extended && base_allocation {
+            flags |= TFLAG_BLOCK_STATUS_PAYLOAD;
         }
         if self.multi_conn {
             flags |= TFLAG_CAN_MULTI_CONN;
         }
-        if self.backend.rotational() {
+        if self.rotational {
             flags |= TFLAG_ROTATIONAL;
         }
         flags
     }
 
-    /// Whether a client asking for `name` means this export ("" is the default).
+    /// Whether a client asking for `name` means this export. As with
+    /// qemu-nbd, "" is the default name only when `-x` did not give another.
     pub fn matches(&self, name: &[u8]) -> bool {
-        name.is_empty() || name == self.name.as_bytes()
+        name == self.name.as_bytes()
     }
 }

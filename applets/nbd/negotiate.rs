@@ -7,8 +7,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::export::{Export, MAX_PAYLOAD, MIN_BLOCK, PREFERRED_BLOCK};
 use super::proto::*;
 
-/// Largest option payload accepted; longer ones end the connection.
+/// Largest option payload read and parsed. Longer ones, up to
+/// [`MAX_OPTION_DRAIN`], are read and thrown away and refused
+/// (NBD_REP_ERR_UNSUP for an option we do not know, NBD_REP_ERR_TOO_BIG
+/// for one we do); beyond that the refusal is the last thing sent.
 pub const MAX_OPTION_LEN: u32 = 64 * 1024;
+/// Most option bytes read and discarded to stay in step with a client.
+pub const MAX_OPTION_DRAIN: u32 = 32 << 20;
 
 /// What the client and we agreed on for the transmission phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +46,9 @@ struct State {
     style: ReplyStyle,
     base_allocation: bool,
     no_zeroes: bool,
+    /// The client set NBD_FLAG_C_FIXED_NEWSTYLE; without it only
+    /// NBD_OPT_EXPORT_NAME is understood.
+    fixed: bool,
 }
 
 pub async fn negotiate<S>(stream: &mut S, export: &Export) -> Result<Negotiated, Refused>
@@ -54,11 +62,6 @@ where
     stream.write_all(&greeting).await?;
 
     let client_flags = stream.read_u32().await?;
-    if client_flags & FLAG_C_FIXED_NEWSTYLE == 0 {
-        return Err(Refused::Failed(
-            "client does not speak fixed newstyle".into(),
-        ));
-    }
     if client_flags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
         return Err(Refused::Failed(format!(
             "unknown client flags {client_flags:#x}"
@@ -68,6 +71,7 @@ where
         style: ReplyStyle::Simple,
         base_allocation: false,
         no_zeroes: client_flags & FLAG_C_NO_ZEROES != 0,
+        fixed: client_flags & FLAG_C_FIXED_NEWSTYLE != 0,
     };
 
     loop {
@@ -77,15 +81,18 @@ where
         }
         let option = stream.read_u32().await?;
         let len = stream.read_u32().await?;
-        if len > MAX_OPTION_LEN {
-            return Err(Refused::Failed(format!(
-                "option {option} of {len} bytes is too long"
-            )));
-        }
-        let mut data = vec![0u8; len as usize];
-        stream.read_exact(&mut data).await?;
         let mut out = Vec::new();
-        let outcome = handle_option(option, &data, export, &mut state, &mut out);
+        let outcome = if len > MAX_OPTION_LEN {
+            let outcome = oversized_option(option, len, &state, &mut out);
+            if matches!(outcome, Next::Continue) {
+                discard(stream, len as u64).await?;
+            }
+            outcome
+        } else {
+            let mut data = vec![0u8; len as usize];
+            stream.read_exact(&mut data).await?;
+            handle_option(option, &data, export, &mut state, &mut out)
+        };
         stream.write_all(&out).await?;
         match outcome {
             Next::Continue => {}
@@ -109,6 +116,47 @@ enum Next {
     Fail(String),
 }
 
+/// Reads and drops `len` bytes in small pieces.
+async fn discard<S: AsyncRead + Unpin>(stream: &mut S, len: u64) -> std::io::Result<()> {
+    let copied = tokio::io::copy(&mut stream.take(len), &mut tokio::io::sink()).await?;
+    if copied < len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+/// Answers an option whose payload is too long to parse: refused, and the
+/// connection kept only when the payload is small enough to read past.
+fn oversized_option(option: u32, len: u32, state: &State, out: &mut Vec<u8>) -> Next {
+    let why = format!("option {option} of {len} bytes is too long");
+    if option == OPT_EXPORT_NAME || !state.fixed {
+        // Neither can be answered with an error.
+        return Next::Fail(why);
+    }
+    let known = matches!(
+        option,
+        OPT_ABORT
+            | OPT_LIST
+            | OPT_STARTTLS
+            | OPT_INFO
+            | OPT_GO
+            | OPT_STRUCTURED_REPLY
+            | OPT_LIST_META_CONTEXT
+            | OPT_SET_META_CONTEXT
+            | OPT_EXTENDED_HEADERS
+    );
+    if len > MAX_OPTION_DRAIN {
+        error_reply(out, option, REP_ERR_TOO_BIG, "option data too long");
+        return Next::Fail(why);
+    }
+    if known {
+        error_reply(out, option, REP_ERR_TOO_BIG, "option data too long");
+    } else {
+        error_reply(out, option, REP_ERR_UNSUP, "option not supported");
+    }
+    Next::Continue
+}
+
 fn error_reply(out: &mut Vec<u8>, option: u32, error: u32, message: &str) {
     put_option_reply(out, option, error, message.len() as u32);
     out.extend_from_slice(message.as_bytes());
@@ -122,6 +170,12 @@ fn handle_option(
     state: &mut State,
     out: &mut Vec<u8>,
 ) -> Next {
+    if !state.fixed && option != OPT_EXPORT_NAME {
+        // Plain newstyle knows no option replies: hang up, as qemu-nbd does.
+        return Next::Fail(format!(
+            "option {option} from a client without fixed newstyle"
+        ));
+    }
     match option {
         OPT_EXPORT_NAME => {
             if !export.matches(data) {
@@ -130,9 +184,12 @@ fn handle_option(
                     String::from_utf8_lossy(data)
                 ));
             }
-            let structured = state.style != ReplyStyle::Simple;
             out.extend_from_slice(&export.size().to_be_bytes());
-            out.extend_from_slice(&export.transmission_flags(structured).to_be_bytes());
+            out.extend_from_slice(
+                &export
+                    .transmission_flags(state.style, state.base_allocation)
+                    .to_be_bytes(),
+            );
             if !state.no_zeroes {
                 out.extend_from_slice(&[0u8; 124]);
             }
@@ -165,10 +222,22 @@ fn handle_option(
         OPT_STRUCTURED_REPLY => {
             if !data.is_empty() {
                 error_reply(out, option, REP_ERR_INVALID, "option takes no data");
+            } else if state.style == ReplyStyle::Extended {
+                error_reply(
+                    out,
+                    option,
+                    REP_ERR_EXT_HEADER_REQD,
+                    "extended headers already negotiated",
+                );
+            } else if state.style == ReplyStyle::Structured {
+                error_reply(
+                    out,
+                    option,
+                    REP_ERR_INVALID,
+                    "structured replies already negotiated",
+                );
             } else {
-                if state.style == ReplyStyle::Simple {
-                    state.style = ReplyStyle::Structured;
-                }
+                state.style = ReplyStyle::Structured;
                 put_option_reply(out, option, REP_ACK, 0);
             }
             Next::Continue
@@ -176,6 +245,13 @@ fn handle_option(
         OPT_EXTENDED_HEADERS => {
             if !data.is_empty() {
                 error_reply(out, option, REP_ERR_INVALID, "option takes no data");
+            } else if state.style == ReplyStyle::Extended {
+                error_reply(
+                    out,
+                    option,
+                    REP_ERR_INVALID,
+                    "extended headers already negotiated",
+                );
             } else {
                 state.style = ReplyStyle::Extended;
                 put_option_reply(out, option, REP_ACK, 0);
@@ -238,11 +314,14 @@ fn info_or_go(
     out.extend_from_slice(&MIN_BLOCK.to_be_bytes());
     out.extend_from_slice(&PREFERRED_BLOCK.to_be_bytes());
     out.extend_from_slice(&MAX_PAYLOAD.to_be_bytes());
-    let structured = state.style != ReplyStyle::Simple;
     put_option_reply(out, option, REP_INFO, 12);
     out.extend_from_slice(&INFO_EXPORT.to_be_bytes());
     out.extend_from_slice(&export.size().to_be_bytes());
-    out.extend_from_slice(&export.transmission_flags(structured).to_be_bytes());
+    out.extend_from_slice(
+        &export
+            .transmission_flags(state.style, state.base_allocation)
+            .to_be_bytes(),
+    );
     put_option_reply(out, option, REP_ACK, 0);
     if option == OPT_GO {
         Next::Transmit
@@ -322,6 +401,7 @@ mod tests {
             backend: Arc::new(Zeroes(12345)),
             read_only: false,
             multi_conn: true,
+            rotational: false,
         }
     }
 
@@ -330,6 +410,7 @@ mod tests {
             style: ReplyStyle::Simple,
             base_allocation: false,
             no_zeroes: true,
+            fixed: true,
         }
     }
 
@@ -415,6 +496,98 @@ mod tests {
     }
 
     #[test]
+    fn reply_style_options_follow_the_spec_once_each() {
+        let mut st = state();
+        let mut out = Vec::new();
+        handle_option(OPT_EXTENDED_HEADERS, &[], &export(), &mut st, &mut out);
+        handle_option(OPT_STRUCTURED_REPLY, &[], &export(), &mut st, &mut out);
+        handle_option(OPT_EXTENDED_HEADERS, &[], &export(), &mut st, &mut out);
+        assert_eq!(
+            reply_types(&out),
+            vec![REP_ACK, REP_ERR_EXT_HEADER_REQD, REP_ERR_INVALID]
+        );
+        assert_eq!(st.style, ReplyStyle::Extended);
+        let mut st = state();
+        let mut out = Vec::new();
+        handle_option(OPT_STRUCTURED_REPLY, &[], &export(), &mut st, &mut out);
+        handle_option(OPT_STRUCTURED_REPLY, &[], &export(), &mut st, &mut out);
+        handle_option(OPT_EXTENDED_HEADERS, &[], &export(), &mut st, &mut out);
+        assert_eq!(reply_types(&out), vec![REP_ACK, REP_ERR_INVALID, REP_ACK]);
+        assert_eq!(st.style, ReplyStyle::Extended);
+    }
+
+    #[test]
+    fn block_status_payload_is_advertised_only_with_extended_headers_and_a_context() {
+        let e = export();
+        assert_eq!(
+            e.transmission_flags(ReplyStyle::Structured, true) & TFLAG_BLOCK_STATUS_PAYLOAD,
+            0
+        );
+        assert_eq!(
+            e.transmission_flags(ReplyStyle::Extended, false) & TFLAG_BLOCK_STATUS_PAYLOAD,
+            0
+        );
+        assert_ne!(
+            e.transmission_flags(ReplyStyle::Extended, true) & TFLAG_BLOCK_STATUS_PAYLOAD,
+            0
+        );
+    }
+
+    #[test]
+    fn plain_newstyle_gets_export_name_and_nothing_else() {
+        let mut st = state();
+        st.fixed = false;
+        let mut out = Vec::new();
+        let next = handle_option(
+            OPT_GO,
+            &go_request(b"disk", &[]),
+            &export(),
+            &mut st,
+            &mut out,
+        );
+        assert!(matches!(next, Next::Fail(_)));
+        assert!(out.is_empty());
+        let next = handle_option(OPT_EXPORT_NAME, b"disk", &export(), &mut st, &mut out);
+        assert!(matches!(next, Next::Transmit));
+        assert_eq!(out.len(), 10);
+    }
+
+    #[test]
+    fn only_the_configured_name_is_the_export() {
+        let mut st = state();
+        let mut out = Vec::new();
+        handle_option(OPT_GO, &go_request(b"", &[]), &export(), &mut st, &mut out);
+        assert_eq!(reply_types(&out), vec![REP_ERR_UNKNOWN]);
+        let next = handle_option(OPT_EXPORT_NAME, b"", &export(), &mut st, &mut out);
+        assert!(matches!(next, Next::Fail(_)));
+        let mut unnamed = export();
+        unnamed.name = String::new();
+        assert!(unnamed.matches(b""));
+        assert!(!unnamed.matches(b"disk"));
+    }
+
+    #[test]
+    fn oversized_options_are_refused_and_skipped_within_the_drain_limit() {
+        let st = state();
+        let mut out = Vec::new();
+        let next = oversized_option(99, 1 << 20, &st, &mut out);
+        assert!(matches!(next, Next::Continue));
+        assert_eq!(reply_types(&out), vec![REP_ERR_UNSUP]);
+        let mut out = Vec::new();
+        let next = oversized_option(OPT_GO, 1 << 20, &st, &mut out);
+        assert!(matches!(next, Next::Continue));
+        assert_eq!(reply_types(&out), vec![REP_ERR_TOO_BIG]);
+        let mut out = Vec::new();
+        let next = oversized_option(99, MAX_OPTION_DRAIN + 1, &st, &mut out);
+        assert!(matches!(next, Next::Fail(_)));
+        assert_eq!(reply_types(&out), vec![REP_ERR_TOO_BIG]);
+        let mut out = Vec::new();
+        let next = oversized_option(OPT_EXPORT_NAME, 1 << 20, &st, &mut out);
+        assert!(matches!(next, Next::Fail(_)));
+        assert!(out.is_empty());
+    }
+
+    #[test]
     fn unknown_options_are_unsupported() {
         let mut st = state();
         let mut out = Vec::new();
@@ -425,10 +598,13 @@ mod tests {
     #[test]
     fn multi_conn_and_read_only_flags_are_truthful() {
         let mut e = export();
-        assert_ne!(e.transmission_flags(false) & TFLAG_CAN_MULTI_CONN, 0);
+        assert_ne!(
+            e.transmission_flags(ReplyStyle::Simple, false) & TFLAG_CAN_MULTI_CONN,
+            0
+        );
         e.read_only = true;
         e.multi_conn = false;
-        let f = e.transmission_flags(true);
+        let f = e.transmission_flags(ReplyStyle::Structured, true);
         assert_ne!(f & TFLAG_READ_ONLY, 0);
         assert_eq!(
             f & (TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES | TFLAG_CAN_MULTI_CONN),

@@ -86,6 +86,10 @@ struct Args {
     /// Discard mode: ignore (or off), unmap (or on)
     #[arg(long, value_name = "MODE")]
     discard: Option<String>,
+    /// Advertise the export as rotational: on, off, or auto (the backing
+    /// device's own flag)
+    #[arg(long, value_name = "on|off|auto")]
+    rotational: Option<String>,
     /// Detect zero writes: off, on, unmap (accepted)
     #[arg(long = "detect-zeroes", value_name = "MODE")]
     detect_zeroes: Option<String>,
@@ -265,6 +269,8 @@ pub struct Config {
     pub snapshot: bool,
     pub cache: CacheMode,
     pub discard_unmap: bool,
+    /// `--rotational`: Some to override the device's flag, None for auto.
+    pub rotational: Option<bool>,
     pub verbose: u8,
     pub fork: bool,
     /// `-f`; None probes the file.
@@ -371,6 +377,12 @@ fn validate(args: Args) -> Result<Config, String> {
         Some("unmap") | Some("on") => true,
         Some(other) => return Err(format!("Invalid discard mode '{other}'")),
     };
+    let rotational = match args.rotational.as_deref() {
+        None | Some("auto") => None,
+        Some("on") => Some(true),
+        Some("off") => Some(false),
+        Some(other) => return Err(format!("Invalid rotational mode '{other}'")),
+    };
     if let Some(dz) = &args.detect_zeroes {
         if !matches!(dz.as_str(), "off" | "on" | "unmap") {
             return Err(format!("Invalid detect-zeroes mode '{dz}'"));
@@ -457,6 +469,7 @@ fn validate(args: Args) -> Result<Config, String> {
         snapshot: args.snapshot,
         cache,
         discard_unmap,
+        rotational,
         verbose: args.verbose,
         fork: args.fork,
         format,

@@ -43,6 +43,7 @@ pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
 pub const REP_ERR_SHUTDOWN: u32 = (1 << 31) + 7;
 pub const REP_ERR_BLOCK_SIZE_REQD: u32 = (1 << 31) + 8;
 pub const REP_ERR_TOO_BIG: u32 = (1 << 31) + 9;
+pub const REP_ERR_EXT_HEADER_REQD: u32 = (1 << 31) + 10;
 
 // NBD_OPT_INFO / NBD_OPT_GO information types.
 pub const INFO_EXPORT: u16 = 0;
@@ -62,6 +63,7 @@ pub const TFLAG_SEND_DF: u16 = 1 << 7;
 pub const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
 pub const TFLAG_SEND_CACHE: u16 = 1 << 10;
 pub const TFLAG_SEND_FAST_ZERO: u16 = 1 << 11;
+pub const TFLAG_BLOCK_STATUS_PAYLOAD: u16 = 1 << 12;
 
 // Command flags.
 pub const CMD_FLAG_FUA: u16 = 1 << 0;

@@ -18,6 +18,7 @@ use super::backend::Backend;
 use super::export::Export;
 use super::negotiate::{negotiate, Refused};
 use super::options::{Config, ImageFormat, Listen, Mode, Window};
+use super::proto::ReplyStyle;
 use crate::service::{
     io_text, Context, HostOptions, Launch, ServiceError, ServiceResult, Shutdown,
 };
@@ -117,6 +118,7 @@ pub fn open_export(config: &Config) -> Result<Export, String> {
     Ok(Export {
         name: config.export_name.clone(),
         description: config.description.clone(),
+        rotational: config.rotational.unwrap_or_else(|| backend.rotational()),
         backend,
         read_only: config.read_only,
         multi_conn: config.shared > 1,
@@ -404,6 +406,19 @@ async fn handle_connection<S: SplitStream>(
             return;
         }
     };
+    tracing::debug!(
+        "client {peer} negotiated {}{}",
+        match negotiated.style {
+            ReplyStyle::Simple => "simple replies",
+            ReplyStyle::Structured => "structured replies",
+            ReplyStyle::Extended => "extended headers",
+        },
+        if negotiated.base_allocation {
+            " and base:allocation"
+        } else {
+            ""
+        }
+    );
     let (r, w) = stream.split_owned();
     match super::transmission::serve(r, w, negotiated, export, shutdown).await {
         Ok(()) => tracing::debug!("client {peer} disconnected"),

@@ -143,7 +143,12 @@ where
 
     let mut input = InputBuffer::new();
     let mut batch = Batch::default();
+    let extended = session.style == ReplyStyle::Extended;
+    // Bytes of an oversized payload still to be read past, and the error
+    // to send once they are: a reply before the client has finished
+    // sending would answer a request it does not consider sent yet.
     let mut discard: u64 = 0;
+    let mut after_discard: Option<(Request, u32, &'static str)> = None;
     let mut result = Ok(());
     'conn: loop {
         // Serve every complete request already buffered.
@@ -156,39 +161,45 @@ where
                     break;
                 }
             }
-            if input.len() < hdr_len {
-                break;
-            }
-            let req =
-                match decode_request(&input.data()[..hdr_len], hdr_len == EXTENDED_REQUEST_LEN) {
-                    Ok(req) => req,
-                    Err(RequestError::BadMagic(m)) => {
-                        result = Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("bad request magic {m:#x}"),
-                        ));
-                        break 'conn;
-                    }
-                };
-            let payload_len = if req.kind == CMD_WRITE { req.length } else { 0 };
-            if payload_len > MAX_PAYLOAD as u64 {
-                if payload_len > MAX_DRAIN {
-                    result = Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("write payload of {payload_len} bytes"),
-                    ));
-                    break 'conn;
-                }
-                input.consume(hdr_len);
-                discard = payload_len;
+            if let Some((req, errno, msg)) = after_discard.take() {
                 put_error_reply(
                     &mut batch.buf,
                     session.style,
                     req.cookie,
                     req.offset,
-                    EOVERFLOW,
-                    "write payload too large",
+                    errno,
+                    msg,
                 );
+            }
+            if input.len() < hdr_len {
+                break;
+            }
+            let req = match decode_request(&input.data()[..hdr_len], extended) {
+                Ok(req) => req,
+                Err(RequestError::BadMagic(m)) => {
+                    result = Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("bad request magic {m:#x}"),
+                    ));
+                    break 'conn;
+                }
+            };
+            let payload_len = payload_len(&req, extended);
+            if payload_len > MAX_PAYLOAD as u64 {
+                if payload_len > MAX_DRAIN {
+                    result = Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("request payload of {payload_len} bytes"),
+                    ));
+                    break 'conn;
+                }
+                input.consume(hdr_len);
+                discard = payload_len;
+                after_discard = Some(if req.kind == CMD_WRITE {
+                    (req, EOVERFLOW, "write payload too large")
+                } else {
+                    (req, EINVAL, "request payload too large")
+                });
                 continue;
             }
             let needed = hdr_len + payload_len as usize;
@@ -403,6 +414,51 @@ impl InputBuffer {
     }
 }
 
+/// Bytes of payload that follow a request header: a WRITE's data always
+/// (qemu-nbd too takes an extended WRITE without NBD_CMD_FLAG_PAYLOAD_LEN),
+/// and with extended headers whatever NBD_CMD_FLAG_PAYLOAD_LEN declares,
+/// whether or not the command takes one, so the stream stays in step.
+fn payload_len(req: &Request, extended: bool) -> u64 {
+    if req.kind == CMD_WRITE || (extended && req.flags & CMD_FLAG_PAYLOAD_LEN != 0) {
+        req.length
+    } else {
+        0
+    }
+}
+
+/// The request a payload-carrying command stands for. BLOCK_STATUS's
+/// payload form (NBD_FLAG_BLOCK_STATUS_PAYLOAD) is a 64-bit effect length
+/// and the context ids wanted: ours is the only one, named once. Any other
+/// non-WRITE command with a payload is invalid.
+fn effective_request(
+    session: &Session,
+    req: &Request,
+    payload: &[u8],
+) -> Result<Request, (u32, &'static str)> {
+    if req.kind == CMD_WRITE || req.flags & CMD_FLAG_PAYLOAD_LEN == 0 {
+        return Ok(*req);
+    }
+    if session.style != ReplyStyle::Extended {
+        return Err((EINVAL, "PAYLOAD_LEN needs extended headers"));
+    }
+    if req.kind != CMD_BLOCK_STATUS {
+        return Err((EINVAL, "command takes no payload"));
+    }
+    if !session.base_allocation {
+        return Err((EINVAL, "no metadata context was negotiated"));
+    }
+    let mut r = Reader::new(payload);
+    let effect = r.u64().ok_or((EINVAL, "block status payload too short"))?;
+    if r.remaining() != 4 || r.u32() != Some(BASE_ALLOCATION_ID) {
+        return Err((EINVAL, "block status payload names unknown contexts"));
+    }
+    Ok(Request {
+        flags: req.flags & !CMD_FLAG_PAYLOAD_LEN,
+        length: effect,
+        ..*req
+    })
+}
+
 /// Checks a request against the export; the error to reply with if it fails.
 fn check(session: &Session, req: &Request) -> Result<(), (u32, &'static str)> {
     let export = &session.export;
@@ -423,12 +479,17 @@ fn check(session: &Session, req: &Request) -> Result<(), (u32, &'static str)> {
         CMD_BLOCK_STATUS if !session.base_allocation => {
             return Err((EINVAL, "no metadata context was negotiated"))
         }
+        // A descriptor's length must be non-zero, so there is no answer.
+        CMD_BLOCK_STATUS if req.length == 0 => return Err((EINVAL, "zero-length block status")),
         CMD_READ | CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES | CMD_CACHE | CMD_BLOCK_STATUS
         | CMD_FLUSH => {}
         _ => return Err((EINVAL, "unknown command")),
     }
     if req.flags & !0x3f != 0 {
         return Err((EINVAL, "unknown command flags"));
+    }
+    if req.flags & CMD_FLAG_PAYLOAD_LEN != 0 && session.style != ReplyStyle::Extended {
+        return Err((EINVAL, "PAYLOAD_LEN needs extended headers"));
     }
     if req.kind != CMD_FLUSH && end > size {
         return Err(match req.kind {
@@ -451,11 +512,17 @@ fn handle(
     permit: OwnedSemaphorePermit,
 ) {
     let style = session.style;
-    if let Err((errno, msg)) = check(session, req) {
-        put_error_reply(&mut batch.buf, style, req.cookie, req.offset, errno, msg);
-        batch.add_permit(permit);
-        return;
-    }
+    let checked =
+        effective_request(session, req, payload).and_then(|req| check(session, &req).map(|()| req));
+    let req = match checked {
+        Ok(req) => req,
+        Err((errno, msg)) => {
+            put_error_reply(&mut batch.buf, style, req.cookie, req.offset, errno, msg);
+            batch.add_permit(permit);
+            return;
+        }
+    };
+    let req = &req;
     let backend = &*session.export.backend;
     let mark = batch.buf.len();
     let inline = match req.kind {
@@ -771,6 +838,7 @@ mod tests {
                 backend: Arc::new(Zeroes(1 << 20)),
                 read_only: false,
                 multi_conn: false,
+                rotational: false,
             });
             let negotiated = Negotiated {
                 style: ReplyStyle::Simple,
@@ -803,6 +871,81 @@ mod tests {
         let mut expected = Vec::new();
         put_simple_reply(&mut expected, EINVAL, 9);
         assert_eq!(out, expected);
+    }
+
+    fn session(style: ReplyStyle) -> Session {
+        Session {
+            export: Arc::new(Export {
+                name: String::new(),
+                description: None,
+                backend: Arc::new(Zeroes(1 << 20)),
+                read_only: false,
+                multi_conn: false,
+                rotational: false,
+            }),
+            style,
+            base_allocation: true,
+            blocking_ns: AtomicU64::new(0),
+            buffers: BufferPool::default(),
+        }
+    }
+
+    fn request(kind: u16, flags: u16, length: u64) -> Request {
+        Request {
+            flags,
+            kind,
+            cookie: 1,
+            offset: 0,
+            length,
+        }
+    }
+
+    #[test]
+    fn declared_payloads_are_consumed_whatever_the_command() {
+        let trim = request(CMD_TRIM, CMD_FLAG_PAYLOAD_LEN, 16);
+        assert_eq!(payload_len(&trim, true), 16);
+        assert_eq!(payload_len(&trim, false), 0);
+        assert_eq!(payload_len(&request(CMD_WRITE, 0, 512), false), 512);
+        assert_eq!(payload_len(&request(CMD_WRITE, 0, 512), true), 512);
+        let s = session(ReplyStyle::Extended);
+        assert_eq!(
+            effective_request(&s, &trim, &[0; 16]).map_err(|e| e.0),
+            Err(EINVAL)
+        );
+        let compact = session(ReplyStyle::Structured);
+        let flush = request(CMD_FLUSH, CMD_FLAG_PAYLOAD_LEN, 0);
+        assert_eq!(check(&compact, &flush).map_err(|e| e.0), Err(EINVAL));
+    }
+
+    #[test]
+    fn block_status_payload_gives_the_effect_length_for_our_one_context() {
+        let s = session(ReplyStyle::Extended);
+        let bs = request(CMD_BLOCK_STATUS, CMD_FLAG_PAYLOAD_LEN, 12);
+        let mut payload = 65536u64.to_be_bytes().to_vec();
+        payload.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+        let eff = effective_request(&s, &bs, &payload).unwrap();
+        assert_eq!(eff.length, 65536);
+        assert_eq!(eff.flags & CMD_FLAG_PAYLOAD_LEN, 0);
+        assert_eq!(check(&s, &eff), Ok(()));
+        for bad in [
+            &payload[..8],
+            &[payload.clone(), payload[8..].to_vec()].concat()[..],
+            &[&payload[..8], &7u32.to_be_bytes()[..]].concat()[..],
+        ] {
+            assert_eq!(
+                effective_request(&s, &bs, bad).map_err(|e| e.0),
+                Err(EINVAL)
+            );
+        }
+    }
+
+    #[test]
+    fn zero_length_block_status_is_einval() {
+        for style in [ReplyStyle::Structured, ReplyStyle::Extended] {
+            let s = session(style);
+            let bs = request(CMD_BLOCK_STATUS, 0, 0);
+            assert_eq!(check(&s, &bs).map_err(|e| e.0), Err(EINVAL));
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
             backend: Arc::new(mem_backend::MemBackend::new(1 << 16)),
             read_only: data.first().is_some_and(|b| b & 1 == 1),
             multi_conn: true,
+            rotational: false,
         };
         let (mut client, mut server) = tokio::io::duplex(1 << 20);
         client.write_all(data).await.unwrap();

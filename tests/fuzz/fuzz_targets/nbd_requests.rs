@@ -88,14 +88,24 @@ fuzz_target!(|data: &[u8]| {
             offset,
             length,
         };
+        let declared = kind == CMD_WRITE || (extended && flags & CMD_FLAG_PAYLOAD_LEN != 0);
+        if declared && length > 40 << 20 {
+            break; // would only exercise the "drop the connection" rule
+        }
         encode_request(&mut stream, &req, extended);
-        sent.insert(cookie, req);
-        if kind == CMD_WRITE {
-            if length > 40 << 20 {
-                break; // would only exercise the "drop the connection" rule
-            }
+        // What the reply may cover: BLOCK_STATUS's payload form carries
+        // its effect length in the payload.
+        let mut effect = req;
+        if declared && kind == CMD_BLOCK_STATUS && length == 12 {
+            // The well-formed payload form: effect length, our one context.
+            let effect_len = offset % (SIZE + 16);
+            stream.extend_from_slice(&effect_len.to_be_bytes());
+            stream.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+            effect.length = effect_len;
+        } else if declared {
             stream.extend(std::iter::repeat_n(0xab, length as usize));
         }
+        sent.insert(cookie, effect);
     }
     // Garbage after the requests; it never starts a valid request (that
     // would be a request this target did not record).
@@ -116,6 +126,7 @@ fuzz_target!(|data: &[u8]| {
             backend: Arc::new(mem_backend::MemBackend::new(SIZE as usize)),
             read_only,
             multi_conn: false,
+            rotational: false,
         });
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let (r, w) = tokio::io::split(server);
