@@ -324,6 +324,7 @@ fn refusal(option: u32, reply: &OptionReply) -> String {
         REP_ERR_SHUTDOWN => "the server is shutting down".to_string(),
         REP_ERR_BLOCK_SIZE_REQD => "the server requires block size negotiation".to_string(),
         REP_ERR_TOO_BIG => "the request is too big for the server".to_string(),
+        REP_ERR_EXT_HEADER_REQD => "the server requires extended headers".to_string(),
         other => format!("error {other:#x}"),
     };
     let mut text = format!("{} failed: {meaning}", option_name(option));

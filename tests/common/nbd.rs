@@ -41,7 +41,17 @@ impl RawClient {
 
     /// Connects and answers the greeting with these client flags.
     pub fn connect_with_flags(path: &Path, flags: u32) -> RawClient {
-        let mut sock = UnixStream::connect(path).unwrap();
+        // The socket file appears at bind(), a moment before listen().
+        let mut refused = 0;
+        let mut sock = loop {
+            match UnixStream::connect(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && refused < 50 => {
+                    refused += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.unwrap(),
+            }
+        };
         sock.set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         let mut greet = [0u8; 18];
