@@ -848,6 +848,15 @@ fn option_corners(sock: &Path, name: &str, data: &[u8]) -> Vec<String> {
     let mut c = RawClient::connect_with_flags(sock, 0);
     c.option(OPT_GO, &[0, 0, 0, 0, 0, 0]);
     seen.push(format!("plain newstyle GO: closed {}", closed(&mut c.sock)));
+    // EXPORT_NAME cannot follow extended headers (its answer has no error).
+    let mut c = RawClient::connect(sock);
+    c.option(OPT_EXTENDED_HEADERS, &[]);
+    assert_eq!(c.option_reply().0, REP_ACK);
+    c.option(OPT_EXPORT_NAME, name.as_bytes());
+    seen.push(format!(
+        "EXPORT_NAME after extended headers: closed {}",
+        closed(&mut c.sock)
+    ));
     seen
 }
 
@@ -870,6 +879,7 @@ fn negotiation_corners_are_answered_as_qemu_nbd_answers_them() {
             "GO \"\": 0x80000006",
             "plain newstyle EXPORT_NAME: size 1048576, served",
             "plain newstyle GO: closed true",
+            "EXPORT_NAME after extended headers: closed true",
         ]
     );
     // Past the documented limit a known option is too big; an unknown one

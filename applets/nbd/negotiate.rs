@@ -178,6 +178,10 @@ fn handle_option(
     }
     match option {
         OPT_EXPORT_NAME => {
+            if state.style == ReplyStyle::Extended {
+                // Its answer has no way to say so; qemu-nbd hangs up too.
+                return Next::Fail("NBD_OPT_EXPORT_NAME after extended headers".into());
+            }
             if !export.matches(data) {
                 return Next::Fail(format!(
                     "client asked for unknown export '{}'",
@@ -514,6 +518,17 @@ mod tests {
         handle_option(OPT_EXTENDED_HEADERS, &[], &export(), &mut st, &mut out);
         assert_eq!(reply_types(&out), vec![REP_ACK, REP_ERR_INVALID, REP_ACK]);
         assert_eq!(st.style, ReplyStyle::Extended);
+    }
+
+    #[test]
+    fn export_name_after_extended_headers_is_refused() {
+        let mut st = state();
+        let mut out = Vec::new();
+        handle_option(OPT_EXTENDED_HEADERS, &[], &export(), &mut st, &mut out);
+        let mut out = Vec::new();
+        let next = handle_option(OPT_EXPORT_NAME, b"disk", &export(), &mut st, &mut out);
+        assert!(matches!(next, Next::Fail(_)));
+        assert!(out.is_empty());
     }
 
     #[test]
