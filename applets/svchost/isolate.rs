@@ -63,7 +63,11 @@ impl Message {
                 message,
             } => {
                 let mut message = message.replace(['\n', '\r'], " ");
-                message.truncate(MAX_LINE / 2);
+                let mut end = message.len().min(MAX_LINE / 2);
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                message.truncate(end);
                 format!("exit {win32} {specific} {message}\n")
             }
         }
@@ -425,6 +429,17 @@ mod tests {
             assert!(line.ends_with('\n'));
             assert_eq!(Message::decode(line.trim_end_matches('\n')), Some(m));
         }
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let line = Message::Exit {
+            win32: 1,
+            specific: 2,
+            message: "é".repeat(MAX_LINE),
+        }
+        .encode();
+        assert!(line.len() <= MAX_LINE && line.ends_with("é\n"), "{line}");
     }
 
     #[test]
