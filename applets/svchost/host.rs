@@ -160,7 +160,7 @@ impl ExitReport {
     /// The report as an isolated plugin's process relays it.
     #[cfg(feature = "svchost-plugins")]
     pub fn message_line(&self) -> String {
-        super::isolate::Message::Exit {
+        super::relay::Message::Exit {
             win32: self.win32,
             specific: self.specific,
             message: self.message.clone().unwrap_or_default(),

@@ -25,89 +25,13 @@ use tokio::sync::mpsc;
 
 use super::config::{GroupConfig, Isolation, ServiceConfig, ServiceKind, StartType};
 use super::host::{Control, ExitReport, Host, Slot};
+use super::relay::{Message, MAX_LINE};
 use super::status::*;
 
 /// The hidden svchost mode that runs one isolated plugin.
 pub const CHILD_FLAG: &str = "--plugin-process";
 /// Where the child finds its end of the socket pair.
 const CHANNEL_FD: i32 = 3;
-/// Longest line either side sends or accepts.
-const MAX_LINE: usize = 1024;
-
-/// One line of the relay.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Message {
-    Status(Status),
-    Exit {
-        win32: u32,
-        specific: u32,
-        message: String,
-    },
-}
-
-impl Message {
-    pub fn encode(&self) -> String {
-        match self {
-            Message::Status(s) => format!(
-                "status {} {} {} {} {} {}\n",
-                s.state as u32,
-                s.controls_accepted,
-                s.win32_exit_code,
-                s.service_exit_code,
-                s.checkpoint,
-                s.wait_hint_ms
-            ),
-            Message::Exit {
-                win32,
-                specific,
-                message,
-            } => {
-                let mut message = message.replace(['\n', '\r'], " ");
-                let mut end = message.len().min(MAX_LINE / 2);
-                while !message.is_char_boundary(end) {
-                    end -= 1;
-                }
-                message.truncate(end);
-                format!("exit {win32} {specific} {message}\n")
-            }
-        }
-    }
-
-    /// Parses one line (without its newline); None for anything malformed.
-    pub fn decode(line: &str) -> Option<Message> {
-        let (kind, rest) = line.split_once(' ')?;
-        match kind {
-            "status" => {
-                let numbers: Vec<u32> = rest
-                    .split(' ')
-                    .map(|w| w.parse().ok())
-                    .collect::<Option<_>>()?;
-                let [state, accepted, win32, specific, checkpoint, wait_hint] = numbers[..] else {
-                    return None;
-                };
-                Some(Message::Status(Status {
-                    state: State::from_code(state)?,
-                    controls_accepted: accepted,
-                    win32_exit_code: win32,
-                    service_exit_code: specific,
-                    checkpoint,
-                    wait_hint_ms: wait_hint,
-                }))
-            }
-            "exit" => {
-                let mut words = rest.splitn(3, ' ');
-                let win32 = words.next()?.parse().ok()?;
-                let specific = words.next()?.parse().ok()?;
-                Some(Message::Exit {
-                    win32,
-                    specific,
-                    message: words.next().unwrap_or("").to_owned(),
-                })
-            }
-            _ => None,
-        }
-    }
-}
 
 /// Words for how a child process ended, for `sc query`'s MESSAGE.
 pub fn death_text(status: ExitStatus) -> String {
@@ -401,77 +325,6 @@ async fn take_controls(host: Arc<Host>, slot: Arc<Slot>, read: tokio::net::unix:
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn messages_round_trip() {
-        let status = Status {
-            state: State::StopPending,
-            controls_accepted: 5,
-            win32_exit_code: 1066,
-            service_exit_code: 7,
-            checkpoint: 2,
-            wait_hint_ms: 3000,
-        };
-        for m in [
-            Message::Status(status),
-            Message::Exit {
-                win32: 127,
-                specific: 0,
-                message: "x.so: entry point 'Main' not found".into(),
-            },
-            Message::Exit {
-                win32: 0,
-                specific: 0,
-                message: String::new(),
-            },
-        ] {
-            let line = m.encode();
-            assert!(line.ends_with('\n'));
-            assert_eq!(Message::decode(line.trim_end_matches('\n')), Some(m));
-        }
-    }
-
-    #[test]
-    fn long_messages_are_cut_on_a_character_boundary() {
-        let line = Message::Exit {
-            win32: 1,
-            specific: 2,
-            message: "é".repeat(MAX_LINE),
-        }
-        .encode();
-        assert!(line.len() <= MAX_LINE && line.ends_with("é\n"), "{line}");
-    }
-
-    #[test]
-    fn exit_messages_stay_on_one_line() {
-        let line = Message::Exit {
-            win32: 1,
-            specific: 2,
-            message: "a\nb\rc".into(),
-        }
-        .encode();
-        assert_eq!(line, "exit 1 2 a b c\n");
-    }
-
-    #[test]
-    fn malformed_lines_are_refused() {
-        for line in [
-            "",
-            "status",
-            "status 4 1 0 0 0",
-            "status 4 1 0 0 0 0 0",
-            "status 9 1 0 0 0 0",
-            "status 4 1 0 0 0 x",
-            "status -1 1 0 0 0 0",
-            "status 4 1 0 0 0 99999999999",
-            "exit",
-            "exit 1",
-            "exit x 1 m",
-            "frob 1 2 3",
-        ] {
-            assert_eq!(Message::decode(line), None, "{line:?}");
-        }
-    }
 
     #[test]
     fn deaths_are_described() {

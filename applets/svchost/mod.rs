@@ -3,7 +3,7 @@
 //!
 //! Modules: `config` (the group file), `words` (shell-style args), `status`
 //! (SERVICE_STATUS), `host` (starting, supervising, failure actions),
-//! `plugin` (shared-library services), `isolate` (a plugin in a child
+//! `plugin` (shared-library services), `isolate` and `relay` (a plugin in a child
 //! process of its own), `control` (the group's control
 //! socket), `sc` (the client).
 
@@ -14,6 +14,7 @@ pub mod host;
 pub mod isolate;
 #[cfg(feature = "svchost-plugins")]
 pub mod plugin;
+pub mod relay;
 pub mod sc;
 pub mod status;
 pub mod words;
