@@ -69,7 +69,8 @@ fn query_arguments(words: &[String]) -> Result<(Option<String>, StateFilter), St
             ("state", "active") => filter = StateFilter::Active,
             ("state", "inactive") => filter = StateFilter::Inactive,
             ("state", "all") => filter = StateFilter::All,
-            ("type", "service" | "all" | "own" | "share") => {}
+            // Everything svchost hosts is a WIN32_SHARE_PROCESS service.
+            ("type", "service" | "all") => {}
             ("state", other) | ("type", other) => {
                 return Err(format!("invalid {key}= value '{other}'"))
             }

@@ -25,6 +25,10 @@
  * of its own. The library is loaded once however many services name it.
  * Control handlers are called on a thread of svchost's, never concurrently
  * for one service.
+ *
+ * A service configured with "isolate = process" runs the same way in a
+ * process of its own (the library is loaded there, once per such service),
+ * so that abort(), exit() or a fatal signal in it ends only that service.
  */
 #ifndef TOOLBOX_SVCHOST_H
 #define TOOLBOX_SVCHOST_H
