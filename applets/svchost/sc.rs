@@ -493,3 +493,59 @@ fn print_failure(r: &Record) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(text: &str) -> Vec<String> {
+        text.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn query_takes_windows_state_and_type_options() {
+        let parse = |t: &str| query_arguments(&words(t));
+        assert_eq!(parse(""), Ok((None, StateFilter::Active)));
+        assert_eq!(parse("state= all"), Ok((None, StateFilter::All)));
+        assert_eq!(parse("state=all"), Ok((None, StateFilter::All)));
+        assert_eq!(
+            parse("type= service state= inactive"),
+            Ok((None, StateFilter::Inactive))
+        );
+        assert_eq!(
+            parse("disk1"),
+            Ok((Some("disk1".into()), StateFilter::Active))
+        );
+        assert!(parse("state=").is_err());
+        assert!(parse("state= sleepy").is_err());
+        assert!(parse("bufsize= 10").is_err());
+        assert!(parse("a b").is_err());
+    }
+
+    #[test]
+    fn the_state_filter_keeps_what_it_names() {
+        let record =
+            |state: State| Record::from([("state".to_owned(), (state as u32).to_string())]);
+        let (running, stopped) = (record(State::Running), record(State::Stopped));
+        let pending = record(State::StopPending);
+        assert!(StateFilter::Active.keeps(&running) && StateFilter::Active.keeps(&pending));
+        assert!(!StateFilter::Active.keeps(&stopped));
+        assert!(StateFilter::Inactive.keeps(&stopped) && !StateFilter::Inactive.keeps(&running));
+        assert!(StateFilter::All.keeps(&stopped) && StateFilter::All.keeps(&running));
+    }
+
+    #[test]
+    fn replies_parse_into_records_errors_or_silence() {
+        match parse_reply("ok\nservice=a\nstate=4\n\nservice=b\nstate=1\n") {
+            Answer::Records(r) => assert_eq!(r.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_reply("error 1060\n"), Answer::Error(1060)));
+        assert!(matches!(parse_reply(""), Answer::Silent(_)));
+        assert_eq!(
+            group_of(Path::new("/run/toolbox/svchost.storage.sock")),
+            Some("storage")
+        );
+        assert_eq!(group_of(Path::new("/run/toolbox/svchost..sock")), None);
+    }
+}
