@@ -227,6 +227,10 @@ pub fn child_main(argv: &[OsString]) -> i32 {
     }
     // SAFETY: fd 3 is the socket svchost handed us; nothing else owns it.
     let channel = unsafe { OwnedFd::from_raw_fd(CHANNEL_FD) };
+    // Not for the plugin's own children: a grandchild holding it open would
+    // hide this process's death from svchost.
+    // SAFETY: F_SETFD on a descriptor we own.
+    unsafe { libc::fcntl(channel.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
     let stack: usize = stack.parse().unwrap_or(0);
     let path = PathBuf::from(library);
     let group = GroupConfig {
