@@ -128,7 +128,7 @@ pub fn main(argv: &[OsString]) -> i32 {
     let groups = group_sockets();
     let (records, unresponsive) = match &name {
         None => {
-            let answers = ask_all(&groups, &format!("{verb}\n"));
+            let answers = ask_all(&groups, &format!("{verb}\n"), false);
             let mut records = Vec::new();
             let mut unresponsive = Vec::new();
             for (group, answer) in answers {
@@ -144,7 +144,7 @@ pub fn main(argv: &[OsString]) -> i32 {
         Some(name) => {
             // Find the group hosting the service, asking all at once; then
             // send anything that changes state to that group alone.
-            let answers = ask_all(&groups, &format!("query\t{name}\n"));
+            let answers = ask_all(&groups, &format!("query\t{name}\n"), true);
             let mut host = None;
             let mut unresponsive = Vec::new();
             for (group, answer) in answers {
@@ -174,7 +174,7 @@ pub fn main(argv: &[OsString]) -> i32 {
                 (found, Vec::new())
             } else {
                 let request = args.join("\t") + "\n";
-                match ask_all(std::slice::from_ref(&group), &request).pop() {
+                match ask_all(std::slice::from_ref(&group), &request, false).pop() {
                     Some((_, Answer::Records(records))) => (records, Vec::new()),
                     Some((_, Answer::Error(code))) => return fail(verb, code),
                     Some((_, Answer::Stale)) => return fail(verb, ERROR_SERVICE_DOES_NOT_EXIST),
@@ -282,8 +282,9 @@ enum Answer {
 }
 
 /// Asks every group at once; answers in the order of `socks`, within
-/// GROUP_TIMEOUT however many groups hang.
-fn ask_all(socks: &[PathBuf], request: &str) -> Vec<(PathBuf, Answer)> {
+/// GROUP_TIMEOUT however many groups hang. `until_found`: stop at the first
+/// group that has records (looking a service up), the rest unasked.
+fn ask_all(socks: &[PathBuf], request: &str, until_found: bool) -> Vec<(PathBuf, Answer)> {
     let (tx, rx) = std::sync::mpsc::channel();
     for (index, sock) in socks.iter().enumerate() {
         let worker = tx.clone();
@@ -304,7 +305,13 @@ fn ask_all(socks: &[PathBuf], request: &str) -> Vec<(PathBuf, Answer)> {
     while answers.iter().any(Option::is_none) {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok((index, answer)) => answers[index] = Some(answer),
+            Ok((index, answer)) => {
+                let found = matches!(answer, Answer::Records(_));
+                answers[index] = Some(answer);
+                if found && until_found {
+                    break;
+                }
+            }
             Err(_) => break,
         }
     }
