@@ -26,6 +26,20 @@ impl Group {
 
     /// Like `start`, with `prepare` run on the directory first.
     fn start_with(name: &str, conf: &str, prepare: impl FnOnce(&Path)) -> Group {
+        Group::start_full(name, conf, prepare, &[])
+    }
+
+    /// Like `start`, with environment variables for svchost.
+    fn start_with_env(name: &str, conf: &str, env: &[(&str, &Path)]) -> Group {
+        Group::start_full(name, conf, |_| {}, env)
+    }
+
+    fn start_full(
+        name: &str,
+        conf: &str,
+        prepare: impl FnOnce(&Path),
+        env: &[(&str, &Path)],
+    ) -> Group {
         let dir = TempDir::new(name);
         prepare(dir.path());
         let rundir = dir.path().join("run");
@@ -36,6 +50,7 @@ impl Group {
         .unwrap();
         let mut cmd = Command::new(toolbox());
         cmd.env("TOOLBOX_RUNDIR", &rundir)
+            .envs(env.iter().copied())
             .args(["svchost", "-f", "-k", "g", "-c"])
             .arg(dir.path());
         let daemon = Daemon::spawn(cmd);
@@ -213,9 +228,15 @@ void ServiceMain(int argc, char **argv) {
 
 /// Builds the test plugin with cc; None when no C compiler is around.
 fn build_plugin(dir: &Path) -> Option<PathBuf> {
-    let src = dir.join("plugin.c");
-    std::fs::write(&src, PLUGIN_C).unwrap();
-    let lib = dir.join("plugin.so");
+    build_c_plugin(dir, "plugin", PLUGIN_C)
+}
+
+/// Builds `source` as `dir/NAME.so` against svchost.h. Without a C
+/// compiler: None, and a failure under CI.
+fn build_c_plugin(dir: &Path, name: &str, source: &str) -> Option<PathBuf> {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let lib = dir.join(format!("{name}.so"));
     let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("applets/svchost");
     let out = run_with_timeout(
         Command::new("cc")
@@ -227,10 +248,12 @@ fn build_plugin(dir: &Path) -> Option<PathBuf> {
         Duration::from_secs(60),
     );
     if !out.status.success() {
-        eprintln!(
-            "skipping: cannot build the plugin: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let why = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "cannot build the plugin {name}: {why}"
         );
+        eprintln!("skipping: cannot build the plugin {name}: {why}");
         return None;
     }
     Some(lib)
@@ -384,4 +407,360 @@ fn sc_reports_unknown_services_with_1060() {
         "[SC] EnumQueryServicesStatus:OpenService FAILED 1060:\n\n\
          The specified service does not exist as an installed service.\n\n"
     );
+}
+
+/// A plugin that keeps using its status handle after reporting STOPPED,
+/// and tries the previous instance's handle when started again.
+const STALE_HANDLE_C: &str = r#"
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "svchost.h"
+SVCHOST_PLUGIN
+
+static void note(const char *fmt, int a, int b) {
+    FILE *f = fopen(getenv("PLUGIN_LOG"), "a");
+    if (f) { fprintf(f, fmt, a, b); fputc('\n', f); fclose(f); }
+}
+static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t c = PTHREAD_COND_INITIALIZER;
+static int stop;
+static void handler(unsigned int control, void *ctx) {
+    (void)ctx;
+    if (control == SERVICE_CONTROL_STOP) {
+        pthread_mutex_lock(&m); stop = 1; pthread_cond_signal(&c); pthread_mutex_unlock(&m);
+    }
+}
+static void *previous;
+void ServiceMain(int argc, char **argv) {
+    (void)argc;
+    stop = 0;
+    void *h = register_ctrl_handler(argv[0], handler, 0);
+    struct svchost_service_status st = { SERVICE_RUNNING, SERVICE_ACCEPT_STOP };
+    if (previous) {
+        note("fresh %d %d", h != previous, h != 0);
+        errno = 0;
+        int r = set_service_status(previous, &st);
+        note("stale %d %d", r, errno);
+    }
+    set_service_status(h, &st);
+    note("running %d %d", 0, 0);
+    pthread_mutex_lock(&m);
+    while (!stop) pthread_cond_wait(&c, &m);
+    pthread_mutex_unlock(&m);
+    st.current_state = SERVICE_STOPPED; st.controls_accepted = 0;
+    set_service_status(h, &st);
+    /* A buggy plugin reporting after STOPPED: must fail, must not stick. */
+    st.current_state = SERVICE_STOP_PENDING;
+    errno = 0;
+    int r = set_service_status(h, &st);
+    note("late %d %d", r, errno);
+    previous = h;
+}
+"#;
+
+/// Issue 19: a status handle outlived its service: STOP_PENDING reported
+/// after STOPPED stuck (sc start then failed with 1056) and a restarted
+/// instance could use the old handle.
+#[test]
+fn a_status_handle_dies_at_stopped_and_each_start_gets_a_new_one() {
+    let build = TempDir::new("svc-handle-build");
+    let Some(lib) = build_c_plugin(build.path(), "stale", STALE_HANDLE_C) else {
+        return;
+    };
+    let log = build.path().join("stale.log");
+    let conf = format!(
+        "[group]\nservices = s\n\n[service s]\nlibrary = {}\n",
+        lib.display()
+    );
+    let g = Group::start_with_env("svc-handle", &conf, &[("PLUGIN_LOG", &log)]);
+    g.wait_state("s", "RUNNING", T);
+    assert!(g.sc(&["stop", "s"]).0);
+    let logged = |needle: &str| {
+        wait_until(T, || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains(needle))
+        })
+        .is_some()
+    };
+    assert!(logged("late "), "{:?}", std::fs::read_to_string(&log));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("late 0 9"), "late status accepted:\n{text}");
+    assert_eq!(g.state("s"), "STOPPED");
+
+    let (ok, out) = g.sc(&["start", "s"]);
+    assert!(ok, "{out}");
+    g.wait_state("s", "RUNNING", T);
+    assert!(logged("stale "));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("fresh 1 1"), "handle reused:\n{text}");
+    assert!(text.contains("stale 0 9"), "old handle accepted:\n{text}");
+    assert_eq!(g.state("s"), "RUNNING");
+}
+
+/// A plugin that reports RUNNING, then crashes the way its service name
+/// says: abort(), a NULL write, or exit(3).
+const CRASHER_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "svchost.h"
+SVCHOST_PLUGIN
+
+void ServiceMain(int argc, char **argv) {
+    (void)argc;
+    void *h = register_ctrl_handler(argv[0], 0, 0);
+    struct svchost_service_status st = { SERVICE_RUNNING, 0 };
+    set_service_status(h, &st);
+    FILE *f = fopen(getenv("PLUGIN_LOG"), "a");
+    if (f) { fprintf(f, "running %s\n", argv[0]); fclose(f); }
+    usleep(300 * 1000);
+    if (strstr(argv[0], "abort")) abort();
+    if (strstr(argv[0], "segv")) { volatile int *p = 0; *p = 1; }
+    exit(3);
+}
+"#;
+
+/// Issue 19: a crashing C plugin took the whole group down. With
+/// `isolate = process` it dies alone, its failure actions restart it, and
+/// the other services (an applet, an in-process plugin) keep running.
+#[test]
+fn an_isolated_plugin_that_crashes_dies_alone_and_is_restarted() {
+    let build = TempDir::new("svc-isolate-build");
+    let (Some(crasher), Some(steady)) = (
+        build_c_plugin(build.path(), "crasher", CRASHER_C),
+        build_plugin(build.path()),
+    ) else {
+        return;
+    };
+    let log = build.path().join("plugins.log");
+    let mut conf =
+        String::from("[group]\nservices = disk crash_abort crash_segv crash_exit steady\n\n");
+    conf += "[service disk]\napplet = nbd\nargs = -t -k @DIR@/d.sock @DIR@/a.img\n\n";
+    for name in ["crash_abort", "crash_segv", "crash_exit"] {
+        conf += &format!(
+            "[service {name}]\nlibrary = {}\nisolate = process\n\
+             failure_actions = restart/100 restart/100 none\n\n",
+            crasher.display()
+        );
+    }
+    conf += &format!("[service steady]\nlibrary = {}\n", steady.display());
+    let g = Group::start_full(
+        "svc-isolate",
+        &conf,
+        |dir| {
+            image(dir, "a.img");
+        },
+        &[("PLUGIN_LOG", &log)],
+    );
+    g.wait_state("disk", "RUNNING", T);
+    g.wait_state("steady", "RUNNING", T);
+    // Each crasher runs three times (start + two restarts), then stays
+    // stopped with "the process terminated unexpectedly".
+    let runs = |name: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == format!("running {name}"))
+            .count()
+    };
+    for (name, death) in [
+        ("crash_abort", "signal 6 (SIGABRT"),
+        ("crash_segv", "signal 11 (SIGSEGV"),
+        ("crash_exit", "exited with status 3"),
+    ] {
+        assert!(
+            wait_until(T, || runs(name) == 3 && g.state(name) == "STOPPED").is_some(),
+            "{name}: {} runs: {}",
+            runs(name),
+            g.sc(&["query", name]).1
+        );
+        let (_, out) = g.sc(&["query", name]);
+        assert!(out.contains("WIN32_EXIT_CODE    : 1067"), "{out}");
+        assert!(out.contains(death), "{out}");
+    }
+    assert_eq!(runs("crash_abort"), 3, "restarted past its failure actions");
+    assert_eq!(g.state("disk"), "RUNNING");
+    assert_eq!(g.state("steady"), "RUNNING");
+    assert_eq!(nbd_size(&g.path("d.sock")).as_deref(), Some("1048576"));
+    // The survivor still obeys sc, and a crashed service can start again.
+    assert!(g.sc(&["stop", "steady"]).0);
+    g.wait_state("steady", "STOPPED", T);
+    assert!(g.sc(&["start", "crash_exit"]).0);
+    assert!(wait_until(T, || runs("crash_exit") == 4).is_some());
+}
+
+/// An isolated plugin is stopped through its process like any other.
+#[test]
+fn an_isolated_plugin_obeys_stop_and_start() {
+    let build = TempDir::new("svc-isolate-stop-build");
+    let Some(lib) = build_plugin(build.path()) else {
+        return;
+    };
+    let log = build.path().join("plugin.log");
+    let conf = format!(
+        "[group]\nservices = iso\n\n[service iso]\nlibrary = {}\nisolate = process\n",
+        lib.display()
+    );
+    let mut g = Group::start_with_env("svc-isolate-stop", &conf, &[("PLUGIN_LOG", &log)]);
+    g.wait_state("iso", "RUNNING", T);
+    let (_, out) = g.sc(&["queryex", "iso"]);
+    let pid = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("PID"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or("0")
+        .to_string();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("--plugin-process"),
+        "PID {pid} is not the plugin's process:\n{out}"
+    );
+    assert!(g.sc(&["stop", "iso"]).0);
+    g.wait_state("iso", "STOPPED", T);
+    let (_, out) = g.sc(&["query", "iso"]);
+    assert!(out.contains("WIN32_EXIT_CODE    : 0"), "{out}");
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("stopped iso"));
+    assert!(g.sc(&["start", "iso"]).0);
+    g.wait_state("iso", "RUNNING", T);
+    let mut daemon = g.daemon.take().unwrap();
+    daemon.terminate();
+    assert!(daemon
+        .wait_timeout(Duration::from_secs(20))
+        .expect("svchost did not exit")
+        .success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("stopped iso").count(), 2, "{text}");
+}
+
+/// Issue 19: a bare `sc query` lists only active services, with their
+/// DISPLAY_NAME, as Windows' does; `state= all` (Windows spelling) and
+/// `state= inactive` choose otherwise.
+#[test]
+fn bare_query_lists_active_services_and_state_all_lists_every_one() {
+    let g = Group::start(
+        "svc-state",
+        "[group]\nservices = on off\n\n[service on]\napplet = nbd\nargs = -t -k @DIR@/on.sock /dev/null\n\n\
+         [service off]\napplet = nbd\nargs = -t -k @DIR@/off.sock /dev/null\nstart = demand\n",
+    );
+    g.wait_state("on", "RUNNING", T);
+    let (ok, active) = g.sc(&["query"]);
+    assert!(ok, "{active}");
+    assert!(
+        active.contains("SERVICE_NAME: on\nDISPLAY_NAME: on\n"),
+        "{active}"
+    );
+    assert!(!active.contains("SERVICE_NAME: off"), "{active}");
+    let (ok, all) = g.sc(&["query", "state=", "all"]);
+    assert!(ok, "{all}");
+    assert!(
+        all.contains("SERVICE_NAME: on") && all.contains("SERVICE_NAME: off\nDISPLAY_NAME: off\n"),
+        "{all}"
+    );
+    let (ok, inactive) = g.sc(&["query", "state=", "inactive"]);
+    assert!(ok && inactive.contains("SERVICE_NAME: off"), "{inactive}");
+    assert!(!inactive.contains("SERVICE_NAME: on"), "{inactive}");
+    // A named query shows the service whatever its state, without DISPLAY_NAME.
+    let (ok, named) = g.sc(&["query", "off"]);
+    assert!(ok && named.contains("1  STOPPED"), "{named}");
+    assert!(!named.contains("DISPLAY_NAME"), "{named}");
+    let (ok, bad) = g.sc(&["query", "state=", "sleepy"]);
+    assert!(!ok, "{bad}");
+}
+
+/// Resumes a SIGSTOPped process however the test ends, so cleanup is quick.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // SAFETY: a signal to the test's own child.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// Issue 19: sc asked groups one after another with a 30 s read timeout and
+/// took any error for "no such service": with one group stopped, a query
+/// of a healthy group's service took 32 s, the hung group's services were
+/// "1060 does not exist", and a bare query silently left the group out.
+#[test]
+fn a_hung_group_is_reported_as_not_answering_and_others_answer_at_once() {
+    let dir = TempDir::new("svc-hung");
+    let rundir = dir.path().join("run");
+    std::fs::write(
+        dir.path().join("alive.conf"),
+        format!(
+            "[group]\nservices = healthy\n\n[service healthy]\napplet = nbd\nargs = -t -k {}/h.sock /dev/null\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("frozen.conf"),
+        format!(
+            "[group]\nservices = stuck\n\n[service stuck]\napplet = nbd\nargs = -t -k {}/s.sock /dev/null\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let spawn = |group: &str| {
+        let mut cmd = Command::new(toolbox());
+        cmd.env("TOOLBOX_RUNDIR", &rundir)
+            .args(["svchost", "-f", "-k", group, "-c"])
+            .arg(dir.path());
+        Daemon::spawn(cmd)
+    };
+    let _alive = spawn("alive");
+    let frozen = spawn("frozen");
+    let sc = |args: &[&str]| {
+        let started = std::time::Instant::now();
+        let out = run_with_timeout(
+            Command::new(toolbox())
+                .env("TOOLBOX_RUNDIR", &rundir)
+                .arg("sc")
+                .args(args),
+            Duration::from_secs(60),
+        );
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            started.elapsed(),
+        )
+    };
+    for service in ["healthy", "stuck"] {
+        assert!(
+            wait_until(T, || sc(&["query", service]).1.contains("4  RUNNING")).is_some(),
+            "{service} never ran"
+        );
+    }
+    // A group that is gone left its socket behind: that one is skipped.
+    drop(std::os::unix::net::UnixListener::bind(rundir.join("svchost.gone.sock")).unwrap());
+
+    frozen.signal(libc::SIGSTOP);
+    let _resume = Resume(frozen.pid());
+    let (ok, out, took) = sc(&["query", "healthy"]);
+    assert!(ok && out.contains("4  RUNNING"), "{out}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let (ok, out, took) = sc(&["query", "stuck"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("FAILED 1053"), "{out}");
+    assert!(!out.contains("1060"), "{out}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let (ok, out, _) = sc(&["query"]);
+    assert!(!ok, "a group left out silently: {out}");
+    assert!(out.contains("SERVICE_NAME: healthy"), "{out}");
+    assert!(out.contains("group frozen FAILED 1053"), "{out}");
+    assert!(!out.contains("gone"), "{out}");
+    let (ok, out, _) = sc(&["stop", "stuck"]);
+    assert!(!ok && out.contains("1053"), "{out}");
+
+    frozen.signal(libc::SIGCONT);
+    let (ok, out, _) = sc(&["query", "stuck"]);
+    assert!(ok && out.contains("4  RUNNING"), "{out}");
+    let (ok, out, _) = sc(&["query"]);
+    assert!(ok && out.contains("SERVICE_NAME: stuck"), "{out}");
+    let (ok, out, _) = sc(&["query", "ghost"]);
+    assert!(!ok && out.contains("FAILED 1060"), "{out}");
 }

@@ -34,6 +34,8 @@ enum Behaviour {
     LeapUnsync,
     KissRate,
     KissDeny,
+    /// Stratum 0 with an empty reference id: "unspecified or invalid".
+    Stratum0,
     Truncated,
     OtherPort,
 }
@@ -154,6 +156,7 @@ impl TestServer {
                     Behaviour::LeapUnsync => leap = 3,
                     Behaviour::KissRate => (stratum, refid) = (0, *b"RATE"),
                     Behaviour::KissDeny => (stratum, refid) = (0, *b"DENY"),
+                    Behaviour::Stratum0 => (stratum, refid) = (0, [0; 4]),
                     _ => {}
                 }
                 reply[0] = (leap << 6) | (4 << 3) | mode;
@@ -826,4 +829,87 @@ fn hook_program_runs_with_busybox_arguments() {
         lines.contains("stratum stratum=2 poll=32") && lines.contains("periodic ")
     })
     .unwrap_or_else(|| panic!("hook output: {lines:?}\nlog:\n{}", log(&dir)));
+}
+
+/// Issue 19: a server answering stratum 0 without a known kiss code was
+/// asked again and again until the 20 s one-shot limit; it is given up
+/// after two unusable answers, like the other bad servers.
+#[test]
+fn a_stratum_0_server_is_given_up_like_other_bad_servers() {
+    let dir = TempDir::new("ts-stratum0");
+    let bad = TestServer::start(0.0, Behaviour::Stratum0);
+    let out = dry_run(&dir, &["-s", &bad.spec()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("giving up: kiss-o'-death"), "{stderr}");
+    assert_eq!(
+        bad.requests(),
+        2,
+        "asked past two unusable answers:\n{stderr}"
+    );
+    // Beside a good server, the good one is used.
+    bad_server_is_rejected(Behaviour::Stratum0, "kiss-o'-death ????");
+}
+
+/// Issue 19: requests carried poll 0; they carry our poll exponent
+/// (PollIntervalMinSec=64 here: 2^6).
+#[test]
+fn requests_carry_our_poll_exponent() {
+    let dir = TempDir::new("ts-poll");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(T)).unwrap();
+    let conf = dir.path().join("poll.conf");
+    std::fs::write(&conf, "[Time]\nFallbackNTP=\nPollIntervalMinSec=64\n").unwrap();
+    let mut cmd = Command::new(toolbox());
+    cmd.args(["timesyncd", "-Q", "-c"])
+        .arg(&conf)
+        .args(["-s", &sock.local_addr().unwrap().to_string()])
+        .env("LOGGING", "none")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _client = Daemon::spawn(cmd);
+    let mut buf = [0u8; 512];
+    let (n, _) = sock.recv_from(&mut buf).expect("no request came");
+    assert!(n >= 48, "{n} bytes");
+    assert_eq!(buf[0] & 7, 3, "client mode");
+    assert_eq!(buf[2] as i8, 6, "poll exponent");
+}
+
+/// Issue 19: --status marks each source's selection state as chronyc's
+/// `sources` does.
+#[test]
+fn status_marks_selected_candidate_and_falseticker_sources() {
+    let dir = TempDir::new("ts-marks");
+    let a = TestServer::start(0.5, Behaviour::Good);
+    let b = TestServer::start(0.5, Behaviour::Good);
+    let liar = TestServer::start(-1.0, Behaviour::Good);
+    let conf = empty_conf(&dir);
+    let _daemon = daemon(
+        &dir,
+        &conf,
+        &["-s", &a.spec(), "-s", &b.spec(), "-s", &liar.spec()],
+    );
+    let shown = wait_for_status(
+        &dir,
+        &["Synchronized: yes", "selected", "candidate", "falseticker"],
+        Duration::from_secs(30),
+    );
+    let line_of = |server: &TestServer| {
+        shown
+            .lines()
+            .find(|l| l.contains(&server.spec()) && !l.contains("Server:"))
+            .unwrap_or_else(|| panic!("no line for {}:\n{shown}", server.spec()))
+            .to_owned()
+    };
+    let liar_line = line_of(&liar);
+    assert!(
+        liar_line.starts_with("x ") && liar_line.contains("falseticker"),
+        "{shown}"
+    );
+    let (la, lb) = (line_of(&a), line_of(&b));
+    let marks: Vec<char> = [&la, &lb].iter().filter_map(|l| l.chars().next()).collect();
+    assert!(
+        marks.contains(&'*') && marks.contains(&'+'),
+        "one selected, one candidate:\n{shown}"
+    );
 }

@@ -930,3 +930,56 @@ fn our_address_deleted_by_someone_else_is_claimed_again() {
     // The deconfig found the address gone and said so without failing.
     assert!(!zcip.log().contains("deconfig failed"), "{}", zcip.log());
 }
+
+/// Issue 19: right after `ip link set down; ip link set up` the kernel
+/// reports UP+LOWER_UP while the operstate is still down; zcip used to start
+/// probing then, lose the first send to "Network is down" and count it, so
+/// only two probes went out before it took the address.
+#[test]
+fn a_link_flap_on_our_side_probes_three_times_again() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::new(1);
+    let host = &lan.hosts[0];
+    let dir = TempDir::new("zcip-flap");
+    let zcip = Zcip::start(host, dir.path(), Path::new(SCRIPT), &[]);
+    let address = host.wait_for_address(BIND_LIMIT);
+    zcip.wait_for_log(
+        &format!("config {} {address}", host.interface()),
+        BIND_LIMIT,
+    );
+    let capture = Capture::start(&lan, dir.path());
+    let iface = host.interface();
+    let out = run_with_timeout(
+        host.ns.command("sh").args([
+            "-c",
+            &format!("ip link set {iface} down && ip link set {iface} up"),
+        ]),
+        Duration::from_secs(20),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ours = host.mac();
+    // Wait for the frames themselves: both announcements after the flap.
+    wait_until(BIND_LIMIT, || {
+        capture
+            .frames()
+            .iter()
+            .filter(|f| f.source == ours && f.is_announcement_of(address))
+            .count()
+            >= 2
+    })
+    .unwrap_or_else(|| panic!("no re-announcement:\n{}", zcip.log()));
+    let frames = capture.stop();
+    let probes = frames
+        .iter()
+        .filter(|f| f.source == ours && f.is_probe_for(address))
+        .count();
+    assert_eq!(probes, 3, "{frames:#?}\n{}", zcip.log());
+    assert_eq!(host.link_local(), Some(address));
+    assert!(
+        !zcip.log().contains("cannot send"),
+        "sent on a link that was not operational:\n{}",
+        zcip.log()
+    );
+}

@@ -28,6 +28,16 @@ pub enum ServiceKind {
     Library { path: PathBuf, entry: String },
 }
 
+/// Where a plugin service runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// On a thread of the group's process (`isolate = none`, the default).
+    InProcess,
+    /// In a child process of its own (`isolate = process`): its crash ends
+    /// only that service.
+    Process,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceConfig {
     pub name: String,
@@ -35,6 +45,7 @@ pub struct ServiceConfig {
     pub start: StartType,
     pub failure_actions: Vec<FailureAction>,
     pub reset_period: Duration,
+    pub isolation: Isolation,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +96,7 @@ struct RawService {
     start: Option<StartType>,
     failure_actions: Vec<FailureAction>,
     reset_period: Option<Duration>,
+    isolation: Option<Isolation>,
 }
 
 /// Parses a group file's text; `file` names it in messages, `env` looks
@@ -212,6 +224,17 @@ pub fn parse(
                             .collect::<Result<_, _>>()
                             .map_err(err)?
                     }
+                    "isolate" => {
+                        svc.isolation = Some(match value {
+                            "none" => Isolation::InProcess,
+                            "process" => Isolation::Process,
+                            other => {
+                                return Err(err(format!(
+                                    "isolate must be none or process, not '{other}'"
+                                )))
+                            }
+                        })
+                    }
                     "reset_period" => {
                         svc.reset_period =
                             Some(Duration::from_secs(number(value).ok_or_else(|| {
@@ -249,6 +272,12 @@ pub fn parse(
                 if svc.entry.is_some() {
                     return Err(err("entry is for library services".into()));
                 }
+                if svc.isolation.is_some() {
+                    return Err(err(
+                        "isolate is for library services (applets are Rust, a panic ends only their task)"
+                            .into(),
+                    ));
+                }
                 ServiceKind::Applet {
                     applet,
                     args: svc.args,
@@ -273,6 +302,7 @@ pub fn parse(
             start: svc.start.unwrap_or(StartType::Auto),
             failure_actions: svc.failure_actions,
             reset_period: svc.reset_period.unwrap_or(Duration::from_secs(86400)),
+            isolation: svc.isolation.unwrap_or(Isolation::InProcess),
         });
     }
     if let Some((name, svc)) = raw.into_iter().next() {
@@ -437,6 +467,32 @@ library = $LIBDIR/toolbox/$ARCH/hello.so
                 )),
                 entry: "ServiceMain".into()
             }
+        );
+    }
+
+    #[test]
+    fn isolate_chooses_a_process_of_its_own_for_plugins_only() {
+        let g = parse_ok(
+            "[group]\nservices = a b\n[service a]\nlibrary = /x.so\nisolate = process\n\
+             [service b]\nlibrary = /x.so\n",
+        )
+        .unwrap();
+        assert_eq!(g.services[0].isolation, Isolation::Process);
+        assert_eq!(g.services[1].isolation, Isolation::InProcess);
+        let none =
+            parse_ok("[group]\nservices = a\n[service a]\nlibrary = /x.so\nisolate = none\n");
+        assert_eq!(none.unwrap().services[0].isolation, Isolation::InProcess);
+        let e = parse_ok("[group]\nservices = a\n[service a]\nlibrary = /x.so\nisolate = vm\n")
+            .unwrap_err();
+        assert!(
+            e.starts_with("g.conf:5: isolate must be none or process"),
+            "{e}"
+        );
+        let e = parse_ok("[group]\nservices = a\n[service a]\napplet = nbd\nisolate = process\n")
+            .unwrap_err();
+        assert!(
+            e.starts_with("g.conf:3: isolate is for library services"),
+            "{e}"
         );
     }
 

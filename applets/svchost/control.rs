@@ -172,6 +172,15 @@ async fn respond(host: &Arc<Host>, words: &[&str], allowed: bool) -> String {
     }
 }
 
+/// The process a running service lives in: the group's, or its own.
+fn host_pid(s: &super::host::SlotState) -> u32 {
+    match &s.control {
+        #[cfg(feature = "svchost-plugins")]
+        Some(super::host::Control::Process(remote)) => remote.pid(),
+        _ => std::process::id(),
+    }
+}
+
 /// One service as `key=value` lines.
 fn record(host: &Host, slot: &Slot) -> String {
     let s = slot.lock();
@@ -207,7 +216,11 @@ fn record(host: &Host, slot: &Slot) -> String {
         st.service_exit_code,
         st.checkpoint,
         st.wait_hint_ms,
-        if st.state == State::Stopped { 0 } else { std::process::id() },
+        if st.state == State::Stopped {
+            0
+        } else {
+            host_pid(&s)
+        },
         match cfg.start {
             StartType::Auto => "auto",
             StartType::Demand => "demand",

@@ -21,6 +21,9 @@ pub enum Control {
     Applet(Controller, tokio::task::AbortHandle),
     #[cfg(feature = "svchost-plugins")]
     Plugin(Arc<super::plugin::Handler>),
+    /// A plugin in a child process of its own (`isolate = process`).
+    #[cfg(feature = "svchost-plugins")]
+    Process(super::isolate::Remote),
 }
 
 pub struct SlotState {
@@ -33,6 +36,10 @@ pub struct SlotState {
     pub failures: u32,
     pub last_failure: Option<Instant>,
     pub control: Option<Control>,
+    /// The status handle the running instance of a plugin got from
+    /// `register_ctrl_handler`; cleared when it reports STOPPED or its run
+    /// ends, so a stale handle is refused and each start gets a fresh one.
+    pub status_handle: Option<usize>,
 }
 
 pub struct Slot {
@@ -53,6 +60,7 @@ impl Slot {
                 failures: 0,
                 last_failure: None,
                 control: None,
+                status_handle: None,
             }),
             changed: Notify::new(),
         }
@@ -141,6 +149,25 @@ pub struct ExitReport {
 }
 
 impl ExitReport {
+    pub fn new(win32: u32, specific: u32, message: Option<String>) -> ExitReport {
+        ExitReport {
+            win32,
+            specific,
+            message,
+        }
+    }
+
+    /// The report as an isolated plugin's process relays it.
+    #[cfg(feature = "svchost-plugins")]
+    pub fn message_line(&self) -> String {
+        super::relay::Message::Exit {
+            win32: self.win32,
+            specific: self.specific,
+            message: self.message.clone().unwrap_or_default(),
+        }
+        .encode()
+    }
+
     fn clean() -> ExitReport {
         ExitReport {
             win32: 0,
@@ -230,6 +257,7 @@ impl Host {
             let action = {
                 let mut s = slot.lock();
                 s.control = None;
+                s.status_handle = None;
                 s.status = Status {
                     win32_exit_code: exit.win32,
                     service_exit_code: exit.specific,
@@ -282,9 +310,14 @@ impl Host {
                 self.run_applet(slot, applet, &argv).await
             }
             #[cfg(feature = "svchost-plugins")]
-            ServiceKind::Library { path, entry } => {
-                super::plugin::run(self, slot, path, entry, extra_args).await
-            }
+            ServiceKind::Library { path, entry } => match slot.config.isolation {
+                super::config::Isolation::InProcess => {
+                    super::plugin::run(self, slot, path, entry, extra_args).await
+                }
+                super::config::Isolation::Process => {
+                    super::isolate::run(self, slot, path, entry, extra_args).await
+                }
+            },
             #[cfg(not(feature = "svchost-plugins"))]
             ServiceKind::Library { .. } => ExitReport {
                 win32: ERROR_MOD_NOT_FOUND,
@@ -388,6 +421,8 @@ impl Host {
             Some(Control::Applet(..)) => {}
             #[cfg(feature = "svchost-plugins")]
             Some(Control::Plugin(handler)) => handler.send(code),
+            #[cfg(feature = "svchost-plugins")]
+            Some(Control::Process(remote)) => remote.send(code),
             None => {}
         }
         drop(s);
@@ -402,8 +437,11 @@ impl Host {
         }
         if !slot.wait_for(timeout, |s| s.state == State::Stopped).await {
             tracing::warn!("{} did not stop within {timeout:?}", slot.config.name);
-            if let Some(Control::Applet(_, abort)) = &slot.lock().control {
-                abort.abort();
+            match &slot.lock().control {
+                Some(Control::Applet(_, abort)) => abort.abort(),
+                #[cfg(feature = "svchost-plugins")]
+                Some(Control::Process(remote)) => remote.kill(),
+                _ => {}
             }
             slot.wait_for(Duration::from_secs(1), |s| s.state == State::Stopped)
                 .await;

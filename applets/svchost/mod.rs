@@ -3,14 +3,18 @@
 //!
 //! Modules: `config` (the group file), `words` (shell-style args), `status`
 //! (SERVICE_STATUS), `host` (starting, supervising, failure actions),
-//! `plugin` (shared-library services), `control` (the group's control
+//! `plugin` (shared-library services), `isolate` and `relay` (a plugin in a child
+//! process of its own), `control` (the group's control
 //! socket), `sc` (the client).
 
 pub mod config;
 pub mod control;
 pub mod host;
 #[cfg(feature = "svchost-plugins")]
+pub mod isolate;
+#[cfg(feature = "svchost-plugins")]
 pub mod plugin;
+pub mod relay;
 pub mod sc;
 pub mod status;
 pub mod words;
@@ -55,6 +59,11 @@ fn is_daemon_applet(name: &str) -> bool {
 }
 
 pub fn parse(argv: &[OsString]) -> Result<Launch, i32> {
+    #[cfg(feature = "svchost-plugins")]
+    if argv.get(1).is_some_and(|a| a == isolate::CHILD_FLAG) {
+        // A plugin's own process (isolate = process), before any runtime.
+        return Err(isolate::child_main(&argv[2..]));
+    }
     let args: Args = crate::service::parse_args(argv)?;
     let config = config::load(&args.dir, &args.group, &is_daemon_applet).map_err(|e| {
         eprintln!("svchost: {e}");

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::host::{Control, Host, Slot};
@@ -131,6 +132,33 @@ impl Handler {
     }
 }
 
+/// Status handles are opaque numbers, never addresses: a stale one cannot
+/// alias a live service. Spaced like pointers so no plugin mistakes 0 or 1.
+static NEXT_STATUS_HANDLE: AtomicUsize = AtomicUsize::new(0x1000);
+const STATUS_HANDLE_STEP: usize = 0x10;
+
+/// The handle of the service's running instance, given out on the first
+/// registration of each start; None once it has stopped.
+fn status_handle(slot: &Slot) -> Option<usize> {
+    let mut s = slot.lock();
+    if s.status.state == State::Stopped {
+        return None;
+    }
+    Some(
+        *s.status_handle.get_or_insert_with(|| {
+            NEXT_STATUS_HANDLE.fetch_add(STATUS_HANDLE_STEP, Ordering::Relaxed)
+        }),
+    )
+}
+
+/// Windows fails such calls with ERROR_INVALID_HANDLE; a C caller here
+/// gets 0 (or NULL) and errno EBADF.
+fn invalid_handle<T>(failure: T) -> T {
+    // SAFETY: errno is this thread's own.
+    unsafe { *libc::__errno_location() = libc::EBADF };
+    failure
+}
+
 unsafe extern "C" fn register_ctrl_handler(
     host: *const c_void,
     name: *const c_char,
@@ -147,6 +175,11 @@ unsafe extern "C" fn register_ctrl_handler(
     let Some(slot) = host.find(&name) else {
         return std::ptr::null_mut();
     };
+    // A service that is not running (never started, or already reported
+    // STOPPED) gets no handle.
+    let Some(handle) = status_handle(slot) else {
+        return invalid_handle(std::ptr::null_mut());
+    };
     if let Some(func) = func {
         slot.lock().control = Some(Control::Plugin(Arc::new(Handler {
             func,
@@ -154,7 +187,7 @@ unsafe extern "C" fn register_ctrl_handler(
             lock: Mutex::new(()),
         })));
     }
-    Arc::as_ptr(slot) as *mut c_void
+    handle as *mut c_void
 }
 
 unsafe extern "C" fn set_service_status(
@@ -167,13 +200,14 @@ unsafe extern "C" fn set_service_status(
     }
     // SAFETY: as in register_ctrl_handler.
     let host = unsafe { &*(host as *const Host) };
-    // Only handles we gave out are accepted.
+    // Only the live handle of a running instance is accepted.
+    let handle = handle as usize;
     let Some(slot) = host
         .slots
         .iter()
-        .find(|s| Arc::as_ptr(s) as *mut c_void == handle)
+        .find(|s| s.lock().status_handle == Some(handle))
     else {
-        return 0;
+        return invalid_handle(0);
     };
     // SAFETY: the plugin passes a valid status struct.
     let st = unsafe { &*status };
@@ -181,6 +215,13 @@ unsafe extern "C" fn set_service_status(
         return 0;
     };
     let mut s = slot.lock();
+    if s.status_handle != Some(handle) {
+        return invalid_handle(0);
+    }
+    if state == State::Stopped {
+        // The instance is over: its handle dies with it.
+        s.status_handle = None;
+    }
     if s.stop_requested && state == State::Running {
         // A late RUNNING after a stop request doesn't undo the stop.
         return 1;

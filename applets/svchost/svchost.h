@@ -25,6 +25,10 @@
  * of its own. The library is loaded once however many services name it.
  * Control handlers are called on a thread of svchost's, never concurrently
  * for one service.
+ *
+ * A service configured with "isolate = process" runs the same way in a
+ * process of its own (the library is loaded there, once per such service),
+ * so that abort(), exit() or a fatal signal in it ends only that service.
  */
 #ifndef TOOLBOX_SVCHOST_H
 #define TOOLBOX_SVCHOST_H
@@ -78,7 +82,12 @@ struct svchost_globals {
 /* Set by SvchostPushServiceGlobals; one copy per plugin library. */
 static const struct svchost_globals *svchost_globals_ptr;
 
-/* Returns a handle for set_service_status, or NULL for an unknown name. */
+/*
+ * Returns a handle for set_service_status, or NULL for an unknown name or a
+ * service that is not running. The handle belongs to this run of the
+ * service: it stops working once the service reports SERVICE_STOPPED, and a
+ * restarted instance gets a new one from its own registration.
+ */
 static inline void *register_ctrl_handler(const char *service_name,
                                           svchost_ctrl_handler handler, void *context)
 {
@@ -88,7 +97,11 @@ static inline void *register_ctrl_handler(const char *service_name,
         : (void *)0;
 }
 
-/* Returns 1 on success, 0 on a bad handle or status. */
+/*
+ * Returns 1 on success, 0 on a bad status or handle; for a handle that is not
+ * (or no longer) valid errno is EBADF, where Windows' SetServiceStatus fails
+ * with ERROR_INVALID_HANDLE.
+ */
 static inline int set_service_status(void *handle, const struct svchost_service_status *status)
 {
     return svchost_globals_ptr

@@ -13,7 +13,7 @@ use super::filter::{select, Candidate, Sample, Selection};
 use super::packet::{self, NtpTime, Pending, Reject};
 use super::poll::PollInterval;
 use super::random;
-use super::source::{InFlight, ServerSpec, Source, State};
+use super::source::{InFlight, ServerSpec, Source, State, Verdict};
 
 /// Requests sent 2 s apart when a server is (re)started, like iburst: enough
 /// samples for the filter quickly, without tripping servers' rate limits.
@@ -291,7 +291,8 @@ impl<C: ClockBackend> Engine<C> {
             now + interval.max(s.rate_floor)
         };
         let cookie = NtpTime(random::kernel_u64());
-        let bytes = packet::client_request(cookie);
+        let bytes =
+            packet::client_request(cookie, packet::poll_exponent(interval.max(s.rate_floor)));
         let sent = self.clock.now();
         s.in_flight = Some(InFlight {
             pending: Pending { cookie, sent },
@@ -453,7 +454,18 @@ impl<C: ClockBackend> Engine<C> {
                 tracing::warn!("{}: access denied (KoD), dropping it", s.spec.host);
                 self.next_address(id, "denied (KoD)", now);
             }
-            packet::Kiss::Other(_) => {}
+            packet::Kiss::Other(code) => {
+                // Stratum 0 with any other code ("unspecified", INIT, ...):
+                // no time from this server; as good as no answer, like the
+                // other unusable replies, so it is given up on as fast.
+                s.missed += 1;
+                if self.config.one_shot && s.burst_left == 0 {
+                    s.done = true;
+                }
+                if s.missed >= MAX_MISSED {
+                    self.next_address(id, &format!("kiss-o'-death {code}"), now);
+                }
+            }
         }
     }
 
@@ -676,7 +688,18 @@ impl<C: ClockBackend> Engine<C> {
 
     fn selected(&mut self, now: f64) -> Option<usize> {
         let candidates = self.candidates(now);
-        match select(&candidates) {
+        let selection = select(&candidates);
+        for s in &mut self.sources {
+            s.verdict = Verdict::NotConsidered;
+        }
+        for c in &candidates {
+            self.sources[c.id].verdict = match &selection {
+                Selection::Agreed(ids) if ids.first() == Some(&c.id) => Verdict::Selected,
+                Selection::Agreed(ids) if ids.contains(&c.id) => Verdict::Candidate,
+                _ => Verdict::Falseticker,
+            };
+        }
+        match selection {
             Selection::Agreed(ids) => {
                 self.last_selection_failure = None;
                 ids.first().copied()
@@ -723,6 +746,17 @@ impl<C: ClockBackend> Engine<C> {
         let is_latest = s.filter.latest().map(|l| l.time) == Some(sample.time);
         let spike = s.last_spike && is_latest;
         let jitter = s.filter.jitter(now);
+        if spike {
+            // Ignored, so not the current offset either: the peer keeps
+            // what the last sample that counted said.
+            tracing::info!(
+                "{}: offset {:+.6}s looks like a spike; ignored",
+                s.spec.host,
+                sample.offset
+            );
+            self.poll.update(sample.offset, jitter, true);
+            return;
+        }
         let old_stratum = self.peer.as_ref().map(|p| p.stratum);
         let reply = s.last_reply.clone();
         self.peer = Some(Peer {
@@ -736,15 +770,6 @@ impl<C: ClockBackend> Engine<C> {
         });
         if old_stratum != Some(sample.stratum) {
             self.notices.push(Notice::Stratum(sample.stratum));
-        }
-        if spike {
-            tracing::info!(
-                "{}: offset {:+.6}s looks like a spike; ignored",
-                self.sources[id].spec.host,
-                sample.offset
-            );
-            self.poll.update(sample.offset, jitter, true);
-            return;
         }
         self.apply(&sample, jitter, now);
         self.poll.update(sample.offset, jitter, false);
@@ -987,6 +1012,123 @@ mod tests {
             e.timer(now);
         }
         asked
+    }
+
+    /// Sends `id`'s request at `now` and answers it: `offset` and `delay`
+    /// as measured, from a server of `stratum` with `reference_id`.
+    fn answer(
+        e: &mut Engine<SimulatedClock>,
+        id: usize,
+        now: f64,
+        (offset, delay): (f64, f64),
+        (stratum, reference_id): (u8, [u8; 4]),
+    ) -> (Result<(), Reject>, [u8; packet::HEADER_LEN]) {
+        let (to, request) = e.transmit(id, now).expect("a request");
+        let sent = e.sources[id].in_flight.as_ref().unwrap().pending.sent;
+        let cookie = packet::Packet::decode(&request).unwrap().transmit_time;
+        let server = sent.add_secs(delay / 2.0 + offset);
+        let reply = packet::Packet {
+            version: 4,
+            mode: packet::MODE_SERVER,
+            stratum,
+            poll: 6,
+            precision: -20,
+            reference_id,
+            origin_time: cookie,
+            receive_time: server,
+            transmit_time: server,
+            ..packet::Packet::default()
+        };
+        let received = sent.add_secs(delay);
+        let result = e.receive(id, to, &reply.encode(), received, now + delay);
+        (result, request)
+    }
+
+    #[test]
+    fn requests_carry_our_poll_exponent() {
+        let mut e = engine(vec![spec("192.0.2.1", false)], false);
+        e.take_resolves();
+        e.resolved(0, Ok(vec![addr(1)]), 0.0);
+        let (_, request) = answer(&mut e, 0, 0.0, (0.0, 0.01), (2, *b"GPS\0"));
+        // PollIntervalMinSec=32 by default: 2^5.
+        assert_eq!(packet::Packet::decode(&request).unwrap().poll, 5);
+    }
+
+    #[test]
+    fn stratum_zero_without_a_known_kiss_is_given_up_like_other_bad_replies() {
+        for code in [[0u8; 4], *b"INIT", *b"STEP"] {
+            let mut e = engine(vec![spec("192.0.2.1", false)], true);
+            e.take_resolves();
+            e.resolved(0, Ok(vec![addr(1)]), 0.0);
+            let mut now = 0.0;
+            for _ in 0..MAX_MISSED {
+                let (result, _) = answer(&mut e, 0, now, (0.0, 0.01), (0, code));
+                assert!(matches!(result, Err(Reject::Kiss(_))), "{result:?}");
+                e.timer(now + 0.01);
+                now += BURST_INTERVAL;
+            }
+            assert!(
+                matches!(&e.sources[0].state, State::Unreachable(why) if why.contains("kiss-o'-death")),
+                "{code:?}: {:?}",
+                e.sources[0].state
+            );
+            assert!(
+                e.one_shot_finished(now),
+                "{code:?}: waits for the 20 s limit"
+            );
+        }
+    }
+
+    #[test]
+    fn selection_marks_the_selected_the_candidates_and_the_falseticker() {
+        let servers = ["192.0.2.1", "192.0.2.2", "192.0.2.3"];
+        let mut e = engine(servers.iter().map(|h| spec(h, false)).collect(), false);
+        e.take_resolves();
+        for id in 0..3 {
+            e.resolved(id, Ok(vec![addr(id as u8 + 1)]), 0.0);
+        }
+        for (id, offset) in [(0, 0.5), (1, 0.5), (2, -1.0)] {
+            let (result, _) = answer(&mut e, id, 0.0, (offset, 0.01), (2, *b"GPS\0"));
+            assert_eq!(result, Ok(()));
+        }
+        e.timer(10.0);
+        let verdicts: Vec<Verdict> = e.sources.iter().map(|s| s.verdict).collect();
+        assert!(verdicts[..2].contains(&Verdict::Selected), "{verdicts:?}");
+        assert!(verdicts[..2].contains(&Verdict::Candidate), "{verdicts:?}");
+        assert_eq!(verdicts[2], Verdict::Falseticker);
+    }
+
+    #[test]
+    fn a_spike_is_not_shown_as_the_current_offset() {
+        let mut e = engine(vec![spec("192.0.2.1", false)], false);
+        e.take_resolves();
+        e.resolved(0, Ok(vec![addr(1)]), 0.0);
+        let mut now = 0.0;
+        for _ in 0..8 {
+            let (result, _) = answer(&mut e, 0, now, (0.0001, 0.01), (2, *b"GPS\0"));
+            assert_eq!(result, Ok(()));
+            e.timer(now + 0.01);
+            now += 4.0;
+        }
+        let before = e.peer().expect("synchronized").offset;
+        assert!(before.abs() < 0.001, "{before}");
+        // Long after (the old samples' dispersion has grown past its), a
+        // sample within its round trip but beyond the best one's: a spike,
+        // and the best sample the filter has.
+        now += 1000.0;
+        let (result, _) = answer(&mut e, 0, now, (0.015, 0.02), (2, *b"GPS\0"));
+        assert_eq!(result, Ok(()));
+        assert_eq!(
+            e.sources[0].filter.best(now).map(|b| b.time),
+            Some(now + 0.02)
+        );
+        e.timer(now + 0.02);
+        assert!(e.sources[0].last_spike, "not taken for a spike");
+        let shown = e.peer().unwrap().offset;
+        assert!(
+            (shown - before).abs() < 1e-9,
+            "the spike became the offset: {shown}"
+        );
     }
 
     #[test]

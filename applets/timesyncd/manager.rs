@@ -479,6 +479,7 @@ impl Shell {
                 offset: best.map(|b| b.offset),
                 delay: best.map(|b| b.delay),
                 note,
+                selection: selection_word(s).into(),
             });
         }
         snap
@@ -523,5 +524,22 @@ impl Shell {
             }
         }
         Ok(())
+    }
+}
+
+/// The selection state `--status` shows for a source.
+fn selection_word(s: &super::source::Source) -> &'static str {
+    use super::source::Verdict;
+    if !s.is_reachable() {
+        return "";
+    }
+    if s.last_spike {
+        return "spike";
+    }
+    match s.verdict {
+        Verdict::Selected => "selected",
+        Verdict::Candidate => "candidate",
+        Verdict::Falseticker => "falseticker",
+        Verdict::NotConsidered => "",
     }
 }

@@ -132,14 +132,30 @@ impl Packet {
 /// An NTPv4 client request. `cookie` goes out as the transmit timestamp: it
 /// is random rather than the clock, so an off-path attacker cannot guess
 /// what the server has to echo (the real send time is kept locally).
-pub fn client_request(cookie: NtpTime) -> [u8; HEADER_LEN] {
+/// `poll` is our poll exponent (log2 seconds), which servers may use to
+/// judge our rate (RFC 5905 §7.3).
+pub fn client_request(cookie: NtpTime, poll: i8) -> [u8; HEADER_LEN] {
     Packet {
         version: 4,
         mode: MODE_CLIENT,
+        poll,
         transmit_time: cookie,
         ..Packet::default()
     }
     .encode()
+}
+
+/// Poll exponents a packet carries (RFC 5905: MINPOLL 4 to MAXPOLL 17).
+pub const POLL_EXPONENTS: std::ops::RangeInclusive<i8> = 4..=17;
+
+/// The poll exponent for an interval of `secs`: log2, rounded, within
+/// [`POLL_EXPONENTS`].
+pub fn poll_exponent(secs: f64) -> i8 {
+    let (low, high) = (*POLL_EXPONENTS.start(), *POLL_EXPONENTS.end());
+    if !secs.is_finite() || secs <= 0.0 {
+        return low;
+    }
+    (secs.log2().round()).clamp(f64::from(low), f64::from(high)) as i8
 }
 
 /// Why a reply was not used.
@@ -478,10 +494,22 @@ mod tests {
 
     #[test]
     fn request_is_v4_client_with_the_cookie() {
-        let b = client_request(NtpTime(0xdead_beef_0000_0001));
+        let b = client_request(NtpTime(0xdead_beef_0000_0001), 6);
         let p = Packet::decode(&b).unwrap();
         assert_eq!((p.version, p.mode), (4, MODE_CLIENT));
         assert_eq!(p.transmit_time, NtpTime(0xdead_beef_0000_0001));
         assert!(p.origin_time.is_zero() && p.receive_time.is_zero());
+        assert_eq!(p.poll, 6, "our poll exponent, not 0");
+    }
+
+    #[test]
+    fn poll_exponents_are_log2_within_rfc_bounds() {
+        assert_eq!(poll_exponent(32.0), 5);
+        assert_eq!(poll_exponent(64.0), 6);
+        assert_eq!(poll_exponent(2048.0), 11);
+        assert_eq!(poll_exponent(1.0), 4);
+        assert_eq!(poll_exponent(0.0), 4);
+        assert_eq!(poll_exponent(f64::INFINITY), 4);
+        assert_eq!(poll_exponent(1e9), 17);
     }
 }

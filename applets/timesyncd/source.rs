@@ -40,6 +40,21 @@ pub enum State {
     Denied,
 }
 
+/// How the last selection judged a server, as chronyc's `sources` marks
+/// it (`*`, `+`, `x`; `?` for not considered).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not a candidate: unreachable, or no sample yet.
+    #[default]
+    NotConsidered,
+    /// The server the clock follows.
+    Selected,
+    /// Agrees with the majority; could be selected.
+    Candidate,
+    /// Outside the majority's interval (or no majority was found).
+    Falseticker,
+}
+
 #[derive(Clone, Debug)]
 pub struct InFlight {
     pub pending: Pending,
@@ -70,6 +85,7 @@ pub struct Source {
     pub spike: SpikeDetector,
     /// The newest sample was flagged as a spike.
     pub last_spike: bool,
+    pub verdict: Verdict,
     pub last_reply: Option<Reply>,
     pub last_reject: Option<String>,
     pub packets: u64,
@@ -101,6 +117,7 @@ impl Source {
             filter: SampleFilter::default(),
             spike: SpikeDetector::default(),
             last_spike: false,
+            verdict: Verdict::NotConsidered,
             last_reply: None,
             last_reject: None,
             packets: 0,

@@ -18,6 +18,22 @@ pub struct SourceLine {
     pub offset: Option<f64>,
     pub delay: Option<f64>,
     pub note: String,
+    /// How selection judged it: `selected`, `candidate`, `falseticker`,
+    /// `spike` (its newest sample was filtered out) or empty.
+    pub selection: String,
+}
+
+impl SourceLine {
+    /// chronyc `sources`' mark for the selection state.
+    pub fn mark(&self) -> char {
+        match self.selection.as_str() {
+            "selected" => '*',
+            "candidate" => '+',
+            "falseticker" => 'x',
+            "spike" => '~',
+            _ => '?',
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -89,6 +105,10 @@ impl Snapshot {
                 num(s.delay),
                 s.note.replace(['|', '\n'], " ")
             );
+            // Its own key, so that older readers skip it.
+            if !s.selection.is_empty() {
+                let _ = writeln!(out, "selection_of_source={}", s.selection);
+            }
         }
         out
     }
@@ -119,6 +139,11 @@ impl Snapshot {
                 "leap" => s.leap = value.to_owned(),
                 "frequency_ppm" => s.frequency_ppm = f(),
                 "selection" => s.selection = value.to_owned(),
+                "selection_of_source" => {
+                    if let Some(last) = s.sources.last_mut() {
+                        last.selection = value.to_owned();
+                    }
+                }
                 "source" => {
                     let fields: Vec<&str> = value.splitn(8, '|').collect();
                     if fields.len() == 8 {
@@ -132,6 +157,7 @@ impl Snapshot {
                             offset: opt(fields[5]),
                             delay: opt(fields[6]),
                             note: fields[7].to_owned(),
+                            selection: String::new(),
                         });
                     }
                 }
@@ -182,9 +208,25 @@ impl Snapshot {
             let _ = writeln!(out, "       Daemon: not running (pid {})", self.pid);
         }
         if !self.sources.is_empty() {
-            let _ = writeln!(out, "\nSources:");
+            let _ = writeln!(
+                out,
+                "\nSources (* selected, + candidate, x falseticker, ~ spike filtered, ? not considered):"
+            );
             for s in &self.sources {
-                let _ = write!(out, "  {:<24} {:<24} {:<12}", s.name, s.address, s.state);
+                let selection = if s.selection.is_empty() {
+                    "-"
+                } else {
+                    &s.selection
+                };
+                let _ = write!(
+                    out,
+                    "{} {:<24} {:<24} {:<12} {:<11}",
+                    s.mark(),
+                    s.name,
+                    s.address,
+                    s.state,
+                    selection
+                );
                 if s.reach != 0 {
                     let _ = write!(out, " reach {:03o} stratum {}", s.reach, s.stratum);
                 }
@@ -284,6 +326,7 @@ mod tests {
                 offset: Some(0.000012),
                 delay: Some(0.000412),
                 note: String::new(),
+                selection: "selected".into(),
             }],
         }
     }
@@ -308,6 +351,36 @@ mod tests {
         assert!(text.contains(" Synchronized: yes"), "{text}");
         assert!(text.contains("       Offset: +12us"), "{text}");
         assert!(text.contains("reach 377"), "{text}");
+        assert!(
+            text.contains(
+                "* localhost                127.0.0.1:123            active       selected"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_selection_state_has_its_mark_and_survives_the_file() {
+        let mut s = sample();
+        let base = s.sources[0].clone();
+        s.sources = ["selected", "candidate", "falseticker", "spike", ""]
+            .iter()
+            .map(|sel| SourceLine {
+                selection: sel.to_string(),
+                ..base.clone()
+            })
+            .collect();
+        let marks: Vec<char> = s.sources.iter().map(SourceLine::mark).collect();
+        assert_eq!(marks, ['*', '+', 'x', '~', '?']);
+        assert_eq!(Snapshot::decode(&s.encode()), s);
+        // An older reader's view: the key it does not know is skipped.
+        let old: String = s
+            .encode()
+            .lines()
+            .filter(|l| !l.starts_with("selection_of_source="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(Snapshot::decode(&old).sources.len(), 5);
     }
 
     #[test]

@@ -19,11 +19,16 @@ use crate::netlink::socket::{recv_datagram, send_to_kernel};
 const AF_INET: u8 = libc::AF_INET as u8;
 const IFF_UP: u32 = libc::IFF_UP as u32;
 const IFF_LOWER_UP: u32 = libc::IFF_LOWER_UP as u32;
+/// Set by the kernel only while the operstate is up (or unknown, for
+/// drivers that do not report one): right after `ip link set up` the link
+/// shows UP and LOWER_UP while the operstate is still down and sends fail
+/// with ENETDOWN.
+const IFF_RUNNING: u32 = libc::IFF_RUNNING as u32;
 
 /// What the kernel said about our interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkEvent {
-    /// The interface's state: usable (up with carrier) or not.
+    /// The interface's state: usable (up, carrier, operational) or not.
     Link {
         usable: bool,
     },
@@ -45,7 +50,7 @@ pub fn parse(datagram: &[u8], ifindex: u32) -> Vec<LinkEvent> {
                             LinkEvent::Removed
                         } else {
                             LinkEvent::Link {
-                                usable: flags & IFF_UP != 0 && flags & IFF_LOWER_UP != 0,
+                                usable: is_usable(flags),
                             }
                         });
                     }
@@ -60,6 +65,13 @@ pub fn parse(datagram: &[u8], ifindex: u32) -> Vec<LinkEvent> {
         }
     }
     events
+}
+
+/// Whether frames can be sent: administratively up, with carrier, and
+/// operational.
+fn is_usable(flags: u32) -> bool {
+    let needed = IFF_UP | IFF_LOWER_UP | IFF_RUNNING;
+    flags & needed == needed
 }
 
 /// (index, flags) of an ifinfomsg.
@@ -200,8 +212,8 @@ mod tests {
     }
 
     #[test]
-    fn link_state_needs_both_up_and_carrier() {
-        let up = IFF_UP | IFF_LOWER_UP | libc::IFF_RUNNING as u32;
+    fn link_state_needs_up_carrier_and_operstate_up() {
+        let up = IFF_UP | IFF_LOWER_UP | IFF_RUNNING;
         assert_eq!(
             parse(&link(RTM_NEWLINK, 7, up), 7),
             vec![LinkEvent::Link { usable: true }]
@@ -212,6 +224,11 @@ mod tests {
         );
         assert_eq!(
             parse(&link(RTM_NEWLINK, 7, IFF_LOWER_UP), 7),
+            vec![LinkEvent::Link { usable: false }]
+        );
+        // Just after `ip link set up`: up with carrier, operstate still down.
+        assert_eq!(
+            parse(&link(RTM_NEWLINK, 7, IFF_UP | IFF_LOWER_UP), 7),
             vec![LinkEvent::Link { usable: false }]
         );
         assert_eq!(parse(&link(RTM_DELLINK, 7, 0), 7), vec![LinkEvent::Removed]);
@@ -262,7 +279,7 @@ mod tests {
     #[test]
     fn several_messages_in_one_datagram() {
         let mut datagram = link(RTM_NEWLINK, 7, 0);
-        datagram.extend(link(RTM_NEWLINK, 7, IFF_UP | IFF_LOWER_UP));
+        datagram.extend(link(RTM_NEWLINK, 7, IFF_UP | IFF_LOWER_UP | IFF_RUNNING));
         assert_eq!(
             parse(&datagram, 7),
             vec![

@@ -3,6 +3,7 @@
 //! them to [`Machine`] with the time, and performs the actions it returns
 //! (send, arm the timer, swap the filter, run the script).
 
+use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -117,15 +118,15 @@ impl Shell {
         let mut frame = [0u8; FRAME_BUFFER];
         let mut datagram = vec![0u8; NETLINK_BUFFER];
         loop {
-            let mut events = Vec::new();
+            let mut events = VecDeque::new();
             tokio::select! {
-                _ = shutdown.requested() => events.push(Event::Shutdown),
+                _ = shutdown.requested() => events.push_back(Event::Shutdown),
                 _ = sleep_until(self.start, self.deadline), if self.deadline.is_some() => {
-                    events.push(Event::Timer);
+                    events.push_back(Event::Timer);
                 }
                 received = self.arp.recv(&mut frame) => match received {
                     Ok(len) => match ArpPacket::parse(&frame[..len.min(FRAME_BUFFER)]) {
-                        Ok(packet) => events.push(Event::Frame(packet)),
+                        Ok(packet) => events.push_back(Event::Frame(packet)),
                         Err(e) => debug!("dropped a malformed ARP packet: {e}"),
                     },
                     Err(e) => {
@@ -144,10 +145,11 @@ impl Shell {
                     Err(e) => return Err(format!("netlink: {}", io_text(&e)).into()),
                 },
             }
-            for event in events {
+            // Performing an action can raise an event (a failed probe send).
+            while let Some(event) = events.pop_front() {
                 let actions = self.machine.handle(event, self.start.elapsed());
                 for action in actions {
-                    if let Some(exit) = self.perform(action, ctx).await? {
+                    if let Some(exit) = self.perform(action, ctx, &mut events).await? {
                         return exit;
                     }
                 }
@@ -155,7 +157,7 @@ impl Shell {
         }
     }
 
-    fn link_events(&mut self, datagram: &[u8], events: &mut Vec<Event>) {
+    fn link_events(&mut self, datagram: &[u8], events: &mut VecDeque<Event>) {
         if netlink::is_error(datagram) {
             warn!(
                 "the kernel refused the link query for {}",
@@ -175,38 +177,49 @@ impl Shell {
                             if !first {
                                 info!("{}: carrier back", self.interface.name);
                             }
-                            events.push(Event::LinkUp);
+                            // The ENETDOWN of the link going down is still
+                            // pending on the socket; it is not news.
+                            if let Some(e) = self.arp.take_error() {
+                                debug!("cleared a stale ARP socket error: {}", io_text(&e));
+                            }
+                            events.push_back(Event::LinkUp);
                         }
                         (false, true) => {
                             info!("{}: no carrier yet, waiting", self.interface.name);
-                            events.push(Event::LinkDown);
+                            events.push_back(Event::LinkDown);
                         }
                         (false, false) => {
                             info!("{}: carrier lost", self.interface.name);
-                            events.push(Event::LinkDown);
+                            events.push_back(Event::LinkDown);
                         }
                     }
                 }
                 LinkEvent::Removed => {
                     warn!("interface {} disappeared", self.interface.name);
-                    events.push(Event::InterfaceGone);
+                    events.push_back(Event::InterfaceGone);
                 }
-                LinkEvent::AddressRemoved(address) => events.push(Event::AddressRemoved(address)),
+                LinkEvent::AddressRemoved(address) => {
+                    events.push_back(Event::AddressRemoved(address))
+                }
             }
         }
     }
 
-    /// Performs one action; `Some(result)` ends the service.
+    /// Performs one action, queueing any event it raises; `Some(result)`
+    /// ends the service.
     async fn perform(
         &mut self,
         action: Action,
         ctx: &Context,
+        events: &mut VecDeque<Event>,
     ) -> Result<Option<ServiceResult>, ServiceError> {
         let mac = self.interface.mac;
         match action {
             Action::SendProbe(candidate) => {
                 debug!("probe {candidate}");
-                self.send(ArpPacket::probe(mac, candidate)).await;
+                if !self.send(ArpPacket::probe(mac, candidate)).await {
+                    events.push_back(Event::ProbeNotSent);
+                }
             }
             Action::SendAnnouncement(address) => {
                 debug!("announce {address}");
@@ -256,13 +269,18 @@ impl Shell {
         Ok(None)
     }
 
-    async fn send(&self, packet: ArpPacket) {
-        if let Err(e) = self.arp.send(&packet.to_bytes()).await {
-            warn!(
-                "cannot send an ARP packet on {}: {}",
-                self.interface.name,
-                io_text(&e)
-            );
+    /// Sends a packet; false (logged) if it did not leave.
+    async fn send(&self, packet: ArpPacket) -> bool {
+        match self.arp.send(&packet.to_bytes()).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(
+                    "cannot send an ARP packet on {}: {}",
+                    self.interface.name,
+                    io_text(&e)
+                );
+                false
+            }
         }
     }
 

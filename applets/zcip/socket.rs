@@ -54,6 +54,28 @@ impl ArpSocket {
         })
     }
 
+    /// Takes (clears) the error the kernel left pending on the socket: when
+    /// the interface goes down it sets ENETDOWN there, and the next send
+    /// would fail with it even once the link is back.
+    pub fn take_error(&self) -> Option<io::Error> {
+        let mut error: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: SO_ERROR writes one int into `error`, whose size is `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.get_ref().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&mut error as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Some(io::Error::last_os_error());
+        }
+        (error != 0).then(|| io::Error::from_raw_os_error(error))
+    }
+
     /// Swaps the kernel filter (SO_ATTACH_FILTER replaces the old program).
     pub fn set_filter(&self, program: &[libc::sock_filter]) -> io::Result<()> {
         attach_filter(self.fd.get_ref(), program)

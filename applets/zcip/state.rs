@@ -67,6 +67,10 @@ pub enum Event {
     LinkDown,
     /// Someone deleted an address from the interface.
     AddressRemoved(Ipv4Addr),
+    /// The probe the last [`Action::SendProbe`] asked for never left (the
+    /// send failed, e.g. "Network is down" just after a link flap): it does
+    /// not count, and is sent again at the next probe slot.
+    ProbeNotSent,
     InterfaceGone,
     Shutdown,
 }
@@ -221,6 +225,7 @@ impl Machine {
                     self.start_probing(removed, now, &mut actions);
                 }
             }
+            Event::ProbeNotSent => self.on_probe_not_sent(now, &mut actions),
             Event::InterfaceGone => self.stop(Exit::InterfaceGone, &mut actions),
             Event::Shutdown => self.stop(Exit::Done, &mut actions),
         }
@@ -289,6 +294,26 @@ impl Machine {
                 }
             }
             Phase::WaitingForLink { .. } | Phase::Bound { .. } | Phase::Stopped => {}
+        }
+    }
+
+    fn on_probe_not_sent(&mut self, now: Duration, actions: &mut Vec<Action>) {
+        if let Phase::Probing {
+            candidate,
+            probes_sent,
+        } = self.phase
+        {
+            if probes_sent == 0 {
+                return;
+            }
+            self.phase = Phase::Probing {
+                candidate,
+                probes_sent: probes_sent - 1,
+            };
+            // RFC 3927 §2.2.1 spaces probes PROBE_MIN..PROBE_MAX apart; the
+            // one that failed is retried one such interval later.
+            let retry = now + self.uniform(PROBE_MIN, PROBE_MAX);
+            self.set_timer(Some(retry), actions);
         }
     }
 

@@ -162,6 +162,61 @@ fn probe_and_announce_timing_holds_for_many_seeds() {
     }
 }
 
+/// Issue 19: after a link flap the first send failed with ENETDOWN and
+/// was still counted, so only two probes went out.
+#[test]
+fn a_probe_that_was_not_sent_does_not_count_and_is_retried_at_the_next_slot() {
+    for failed in 0..PROBE_NUM {
+        let mut sim = Sim::new(settings(&[REQUESTED], u64::from(failed)));
+        sim.event(Event::LinkUp);
+        let mut sent = 0;
+        let mut failures_left = 1;
+        while sent < PROBE_NUM {
+            let actions = sim.fire();
+            assert!(
+                actions.contains(&Action::SendProbe(REQUESTED)),
+                "{actions:?}"
+            );
+            if sent == failed && failures_left > 0 {
+                failures_left -= 1;
+                let failed_at = sim.now;
+                let retry = sim.event(Event::ProbeNotSent);
+                assert_eq!(
+                    sim.machine.phase(),
+                    Phase::Probing {
+                        candidate: REQUESTED,
+                        probes_sent: sent
+                    }
+                );
+                let [Action::ArmTimer(at)] = retry[..] else {
+                    panic!("{retry:?}")
+                };
+                assert!(at >= failed_at + PROBE_MIN && at < failed_at + PROBE_MAX);
+            } else {
+                sent += 1;
+            }
+        }
+        // After the third probe that left: ANNOUNCE_WAIT, then the address.
+        let third = sim.now;
+        assert_eq!(sim.machine.deadline(), Some(third + ANNOUNCE_WAIT));
+        assert_eq!(sim.run_until_bound(), REQUESTED);
+        let probes = sim.sent_at(|a| *a == Action::SendProbe(REQUESTED));
+        assert_eq!(probes.len(), PROBE_NUM as usize + 1, "one retried");
+    }
+}
+
+#[test]
+fn a_failed_send_outside_probing_changes_nothing() {
+    let mut sim = Sim::new(settings(&[REQUESTED], 3));
+    assert_eq!(sim.event(Event::ProbeNotSent), vec![]);
+    sim.event(Event::LinkUp);
+    // Before the first probe went out there is nothing to take back.
+    assert_eq!(sim.event(Event::ProbeNotSent), vec![]);
+    let address = sim.run_until_bound();
+    assert_eq!(sim.event(Event::ProbeNotSent), vec![]);
+    assert_eq!(sim.bound_address(), address);
+}
+
 #[test]
 fn probe_delays_spread_over_their_whole_range() {
     let mut first_waits = Vec::new();
