@@ -15,6 +15,8 @@ pub mod notify;
 pub mod privs;
 pub mod runtime;
 pub mod service;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod trim;
 
 #[cfg(feature = "init")]
