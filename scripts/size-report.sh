@@ -10,7 +10,8 @@
 #   scripts/size-report.sh [--check|--update] BUILD...   only these builds
 #
 # Builds: release (dynamic, every applet), static (every applet) and
-# static-APPLET (`--no-default-features --features APPLET`). Static builds share
+# static-APPLET (`--no-default-features --features APPLET`; timesyncd with
+# and without the dns feature). Static builds share
 # target/static with scripts/build-static.sh; a copy of every measured binary
 # is left in target/size/BUILD/toolbox.
 set -euo pipefail
@@ -19,11 +20,18 @@ cd "$(dirname "$0")/.."
 budget_file=scripts/size-budget
 tolerance_pct=3
 target=x86_64-unknown-linux-gnu
-applets=(nbd zcip timesyncd ipmgmtd svchost init)
-all_builds=(release static)
-for a in "${applets[@]}"; do all_builds+=("static-$a"); done
-# Extra one-applet builds with a feature beside the applet: NAME=FEATURES.
-extra_builds=()
+# NAME=FEATURES: release and static carry the default features; each
+# static-APPLET build is `--no-default-features --features FEATURES`.
+# static comes last so target/static holds the every-applet build afterwards
+# (scripts/build-static.sh and build-deb.sh use it).
+build_defs=(
+    release=
+    static-nbd=nbd static-zcip=zcip
+    static-timesyncd=timesyncd,dns static-timesyncd-nodns=timesyncd
+    static-ipmgmtd=ipmgmtd static-svchost=svchost static-init=init
+    static=
+)
+all_builds=("${build_defs[@]%%=*}")
 
 mode=report
 builds=()
@@ -36,23 +44,18 @@ for arg in "$@"; do
         *) builds+=("$arg") ;;
     esac
 done
-((${#builds[@]})) || builds=("${all_builds[@]}" "${extra_builds[@]%%=*}")
+((${#builds[@]})) || builds=("${all_builds[@]}")
 
 features_of() { # build name -> cargo feature arguments
-    case "$1" in
-        release | static) ;;
-        static-*)
-            local name=${1#static-} e
-            for e in "${extra_builds[@]}"; do
-                if [ "${e%%=*}" = "$1" ]; then
-                    echo "--no-default-features --features ${e#*=}"
-                    return
-                fi
-            done
-            echo "--no-default-features --features $name"
-            ;;
-        *) echo "size-report.sh: unknown build: $1" >&2; return 1 ;;
-    esac
+    local def
+    for def in "${build_defs[@]}"; do
+        if [ "${def%%=*}" = "$1" ]; then
+            [ -n "${def#*=}" ] && echo "--no-default-features --features ${def#*=}"
+            return 0
+        fi
+    done
+    echo "size-report.sh: unknown build: $1 (builds: ${all_builds[*]})" >&2
+    return 1
 }
 
 build_one() { # name -> path of the stripped binary (copied to target/size/NAME)
@@ -88,7 +91,7 @@ for b in "${builds[@]}"; do
 done
 
 over=()
-printf '%-18s %10s %9s %10s %8s %6s\n' build bytes KiB budget change secs
+printf '%-24s %10s %9s %10s %8s %6s\n' build bytes KiB budget change secs
 for b in "${builds[@]}"; do
     s=${size[$b]}
     want=$(budget_of "$b")
@@ -101,7 +104,7 @@ for b in "${builds[@]}"; do
     else
         want=- change=-
     fi
-    printf '%-18s %10d %9.1f %10s %8s %6d\n' "$b" "$s" "$(awk -v s="$s" 'BEGIN { print s / 1024 }')" \
+    printf '%-24s %10d %9.1f %10s %8s %6d\n' "$b" "$s" "$(awk -v s="$s" 'BEGIN { print s / 1024 }')" \
         "$want" "$change" "${seconds[$b]}"
 done
 echo "built and measured in $((SECONDS - start_all)) s"
@@ -113,18 +116,18 @@ if [ "$mode" = report ]; then
     # An unstripped copy of the static build in its own target dir, so the
     # stripped builds above stay cached.
     CARGO_PROFILE_RELEASE_STRIP=false RUSTFLAGS="-C target-feature=+crt-static" \
-        cargo bloat --release --quiet --target "$target" --target-dir target/bloat --crates -n 20
+        cargo bloat --release --target "$target" --target-dir target/bloat --crates -n 20
 fi
 
 if [ "$mode" = update ]; then
     tmp=$(mktemp)
     {
         grep '^#' "$budget_file" 2>/dev/null || true
-        for b in "${all_builds[@]}" "${extra_builds[@]%%=*}"; do
+        for b in "${all_builds[@]}"; do
             if [ -n "${size[$b]:-}" ]; then
-                printf '%-18s %s\n' "$b" "${size[$b]}"
+                printf '%-24s %s\n' "$b" "${size[$b]}"
             elif [ -n "$(budget_of "$b")" ]; then
-                printf '%-18s %s\n' "$b" "$(budget_of "$b")"
+                printf '%-24s %s\n' "$b" "$(budget_of "$b")"
             fi
         done
     } >"$tmp"
