@@ -18,7 +18,7 @@ build=1
 if ((build)); then
     RUSTFLAGS="-C target-feature=+crt-static" \
         cargo build --release --quiet --target "$target" --target-dir target/static
-    scripts/mangen.sh
+    scripts/mangen.sh >/dev/null
 fi
 [ -x "$static" ] || { echo "build-deb.sh: no static build at $static" >&2; exit 1; }
 ls target/man/*.8 >/dev/null 2>&1 || { echo "build-deb.sh: no man pages in target/man (scripts/mangen.sh)" >&2; exit 1; }

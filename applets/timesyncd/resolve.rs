@@ -20,6 +20,7 @@ use hickory_resolver::{Resolver, TokioResolver};
 pub type SystemResolver = TokioResolver;
 
 /// A build without the `dns` feature: no resolver, addresses only.
+#[derive(Debug)]
 #[cfg(not(feature = "dns"))]
 pub struct SystemResolver;
 
