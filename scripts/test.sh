@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs the test peers (Debian packages) when missing, then runs every
-# check CI runs: formatting, clippy, unit and integration tests.
+# check CI runs: formatting, clippy, unit and integration tests, the
+# packaging checks and the size budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 peers=(qemu-utils nbdkit libnbd-bin python3-libnbd fio chrony busybox-static arping tcpdump iproute2 fdisk)
+# Packaging checks (scripts/test-dist.sh): systemd-analyze, lintian, man.
+peers+=(systemd lintian man-db)
 missing=()
 for pkg in "${peers[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -22,3 +25,9 @@ command -v cargo >/dev/null || { echo "test.sh: no cargo; install Rust (rustup) 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test
+# Packaging: the .deb installed into and purged from a temp root, lintian,
+# systemd-analyze verify on the units, every man page through man -l.
+scripts/test-dist.sh
+# The size budget (scripts/size-budget): release, static and one-applet
+# static builds, each at most 3 % over its committed size.
+scripts/size-report.sh --check

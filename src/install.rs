@@ -1,6 +1,8 @@
 //! `toolbox --install [-s] [--force] DIR`: a link per applet in DIR (hard
 //! links, or symlinks with `-s`). A file of another name already there is
-//! left alone and reported, unless `--force`.
+//! left alone and reported, unless `--force`. It then says where the man
+//! pages belong (the binary carries none; packages and scripts/mangen.sh
+//! make them).
 
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
@@ -52,7 +54,26 @@ pub fn main(args: &[OsString]) -> i32 {
             status = 1;
         }
     }
+    let pages: Vec<String> = std::iter::once("toolbox")
+        .chain(APPLETS.iter().map(|a| a.name))
+        .map(|name| format!("{name}.8"))
+        .collect();
+    println!(
+        "toolbox: man pages belong in {}: {} (scripts/mangen.sh makes them)",
+        man_dir_for(&dir).display(),
+        pages.join(" ")
+    );
     status
+}
+
+/// Section 8 of the manual beside a binary directory: /sbin and /bin give
+/// /usr/share/man/man8, PREFIX/sbin gives PREFIX/share/man/man8.
+fn man_dir_for(dir: &Path) -> PathBuf {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+    match dir.parent() {
+        Some(prefix) if prefix != Path::new("/") => prefix.join("share/man/man8"),
+        _ => PathBuf::from("/usr/share/man/man8"),
+    }
 }
 
 fn install_one(exe: &Path, link: &Path, symlink: bool, force: bool) -> Result<(), String> {
@@ -80,5 +101,26 @@ fn is_toolbox(exe: &Path, link: &Path, meta: &std::fs::Metadata) -> bool {
         std::fs::metadata(link).map(|m| same(&m)).unwrap_or(false)
     } else {
         same(meta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn man_pages_go_beside_the_binary_directory() {
+        assert_eq!(
+            man_dir_for(Path::new("/sbin")),
+            Path::new("/usr/share/man/man8")
+        );
+        assert_eq!(
+            man_dir_for(Path::new("/usr/sbin")),
+            Path::new("/usr/share/man/man8")
+        );
+        assert_eq!(
+            man_dir_for(Path::new("/opt/tb/bin")),
+            Path::new("/opt/tb/share/man/man8")
+        );
     }
 }

@@ -122,6 +122,9 @@ pub fn run_standalone(name: &str, launch: Launch) -> i32 {
             return fail(e);
         }
     }
+    // Only svchost asks for more than one thread; the multi-thread scheduler
+    // rides with its feature (tokio/rt-multi-thread), not with every build.
+    #[cfg(feature = "svchost")]
     let mut builder = if host.threads > 1 {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         b.worker_threads(host.threads);
@@ -129,6 +132,8 @@ pub fn run_standalone(name: &str, launch: Launch) -> i32 {
     } else {
         tokio::runtime::Builder::new_current_thread()
     };
+    #[cfg(not(feature = "svchost"))]
+    let mut builder = tokio::runtime::Builder::new_current_thread();
     if let Some(size) = host.stack_size {
         builder.thread_stack_size(size);
     }

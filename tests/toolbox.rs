@@ -103,7 +103,15 @@ fn install_makes_symlinks_or_hard_links_for_every_applet() {
     std::fs::create_dir_all(&hard).unwrap();
     let install =
         |args: &[&str]| run_with_timeout(Command::new(&exe).arg("--install").args(args), T);
-    assert!(install(&["-s", sym.to_str().unwrap()]).status.success());
+    let out = install(&["-s", sym.to_str().unwrap()]);
+    assert!(out.status.success());
+    // It says where the man pages go: share/man/man8 beside the directory.
+    let said = text(&out.stdout);
+    let man8 = dir.path().join("share/man/man8");
+    assert!(
+        said.contains(man8.to_str().unwrap()) && said.contains("nbd.8"),
+        "{said}"
+    );
     assert!(install(&[hard.to_str().unwrap()]).status.success());
     for name in listed_applets() {
         let s = sym.join(&name);

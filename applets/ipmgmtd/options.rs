@@ -29,6 +29,11 @@ struct Args {
     pid_file: Option<PathBuf>,
 }
 
+/// The command line's definition, for the man pages (scripts/mangen.sh).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Absolute: the daemon changes directory to / when it detaches.

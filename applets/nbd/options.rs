@@ -131,6 +131,11 @@ struct Args {
     file: Option<PathBuf>,
 }
 
+/// The command line's definition, for the man pages (scripts/mangen.sh).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Listen {
     Tcp(Vec<std::net::SocketAddr>),

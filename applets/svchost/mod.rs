@@ -54,6 +54,11 @@ struct Args {
     pid_file: Option<PathBuf>,
 }
 
+/// The command line's definition, for the man pages (scripts/mangen.sh).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 fn is_daemon_applet(name: &str) -> bool {
     name != "svchost" && applets::find(name).is_some_and(|a| matches!(a.entry, Entry::Service(_)))
 }

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hickory_resolver::TokioResolver;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -88,7 +87,7 @@ struct Shell {
     epoch: u64,
     sockets: Vec<Option<SourceSocket>>,
     tx: mpsc::Sender<Msg>,
-    resolver: Option<Arc<TokioResolver>>,
+    resolver: Option<Arc<resolve::SystemResolver>>,
     resolving: Vec<JoinHandle<()>>,
     start: Instant,
     last_state: String,

@@ -77,6 +77,11 @@ struct Args {
     version: bool,
 }
 
+/// The command line's definition, for the man pages (scripts/mangen.sh).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Daemon,

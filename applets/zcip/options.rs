@@ -56,6 +56,11 @@ struct Args {
     script: PathBuf,
 }
 
+/// The command line's definition, for the man pages (scripts/mangen.sh).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub interface: String,
