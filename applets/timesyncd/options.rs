@@ -72,9 +72,35 @@ struct Args {
     /// Clock file [env TIMESYNCD_CLOCK_FILE]
     #[arg(long = "clock-file", value_name = "PATH")]
     clock_file: Option<PathBuf>,
+    /// Also serve the time to others, on port 123 unless Listen= says (busybox)
+    #[arg(short = 'l', long = "listen")]
+    listen: bool,
+    /// Bind the server to IFACE (busybox)
+    #[arg(short = 'I', value_name = "IFACE")]
+    interface: Option<String>,
+    /// With -l as root: become USER after binding, keeping CAP_SYS_TIME (chrony)
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    user: Option<String>,
     /// Print version information
     #[arg(short = 'V', long)]
     version: bool,
+}
+
+/// The server's sockets, bound while the command line is read (before
+/// privileges go) and taken by the service when it starts.
+#[derive(Clone, Default)]
+pub struct BoundSockets(pub std::sync::Arc<std::sync::Mutex<Option<super::server::io::Bound>>>);
+
+impl std::fmt::Debug for BoundSockets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BoundSockets")
+    }
+}
+
+impl BoundSockets {
+    pub fn take(&self) -> Option<super::server::io::Bound> {
+        self.0.lock().ok().and_then(|mut b| b.take())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,9 +127,25 @@ pub struct Config {
     pub pid_file: Option<PathBuf>,
     pub state_file: PathBuf,
     pub clock_file: PathBuf,
+    /// `-l` and `-I`: merged with `[Server]` by [`Config::server`].
+    pub serve: bool,
+    pub interface: Option<String>,
+    pub user: Option<String>,
+    pub bound: BoundSockets,
 }
 
 impl Config {
+    /// The server's settings: the file's `[Server]` with `-l` and `-I`.
+    pub fn server(&self) -> super::server::ServerConfig {
+        let mut server = self.time.server.clone();
+        // One-shot runs (-q, -Q at boot) share the file but serve nothing.
+        server.enabled = (server.enabled || self.serve) && self.mode == Mode::Daemon;
+        if self.interface.is_some() {
+            server.interface = self.interface.clone();
+        }
+        server
+    }
+
     /// The servers to use: -s replaces NTP= (and then FallbackNTP= applies
     /// only if the file sets it); without either, the built-in fallback.
     pub fn servers(&self) -> Result<Vec<ServerSpec>, String> {
@@ -127,7 +169,11 @@ impl Config {
         };
         let mut out: Vec<ServerSpec> = primaries.iter().map(|s| spec(s, false)).collect();
         out.extend(fallback.iter().map(|s| spec(s, true)));
-        if out.is_empty() {
+        let local_only = {
+            let server = self.server();
+            server.enabled && server.local_stratum.is_some()
+        };
+        if out.is_empty() && !local_only {
             return Err(format!(
                 "no NTP servers configured (use -s, or NTP= in {})",
                 self.config_path.display()
@@ -202,12 +248,31 @@ pub fn parse(argv: &[OsString]) -> Result<Launch, i32> {
     for w in &warnings {
         eprintln!("timesyncd: warning: {w}");
     }
+    let mut run_as = None;
+    let server = config.server();
+    if server.enabled {
+        let fail = |msg: String| {
+            eprintln!("timesyncd: {msg}");
+            1
+        };
+        let bound =
+            super::server::io::bind(&server, super::server::io::default_workers()).map_err(fail)?;
+        if let Ok(mut slot) = config.bound.0.lock() {
+            *slot = Some(bound);
+        }
+        run_as = super::server::privs::plan(config.user.as_deref()).map_err(fail)?;
+        if let Some((user, _)) = &run_as {
+            super::server::privs::hand_over(user, &[&config.state_file, &config.clock_file])
+                .map_err(fail)?;
+        }
+    }
     let host = HostOptions {
         daemonize: config.mode == Mode::Daemon && !config.foreground,
         pid_file: config.pid_file.clone(),
         threads: 1,
         verbosity: config.verbose,
         base_level: Some(tracing::Level::WARN),
+        run_as,
         ..HostOptions::default()
     };
     Ok(super::manager::launch(config, host))
@@ -218,6 +283,9 @@ fn validate(args: Args) -> Result<(Config, Vec<String>), String> {
         return Err("-q and -Q cannot be used together".into());
     }
     let _ = args.nice;
+    if args.listen && (args.once || args.dry_run) {
+        return Err("-l serves time as a daemon: not with -q or -Q".into());
+    }
     let cli_servers = args
         .servers
         .iter()
@@ -255,7 +323,12 @@ fn validate(args: Args) -> Result<(Config, Vec<String>), String> {
             "TIMESYNCD_CLOCK_FILE",
             clockfile::DEFAULT_PATH,
         )),
+        serve: args.listen,
+        interface: args.interface,
+        user: args.user,
+        bound: BoundSockets::default(),
     };
+
     config.servers()?;
     Ok((config, warnings))
 }
