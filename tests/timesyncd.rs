@@ -1007,7 +1007,7 @@ fn rate_limit_sends_kod_rate_then_silence() {
         &dir,
         port,
         "",
-        "Allow=127.0.0.1\nLocalStratum=5\nRateLimit=interval 4 burst 2 leak 4\n",
+        "Allow=127.0.0.0/8\nLocalStratum=5\nRateLimit=interval 4 burst 2 leak 4\n",
     );
     let _daemon = daemon(&dir, &conf, &[]);
     let to = SocketAddr::from(([127, 0, 0, 1], port));
