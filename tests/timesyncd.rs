@@ -1139,3 +1139,87 @@ fn ntpdate_on_port_123_against_a_privilege_dropped_server() {
     assert!(field("Uid:").starts_with("65534"), "{status}");
     assert_eq!(field("CapEff:"), format!("{:016x}", 1u64 << 25), "{status}");
 }
+
+#[test]
+fn under_svchost_one_service_is_client_and_server_and_stops_cleanly() {
+    let dir = TempDir::new("ts-serve-svchost");
+    let upstream = TestServer::start(0.0, Behaviour::Good);
+    let port = free_udp_port();
+    let conf = server_conf(&dir, port, &upstream.spec(), "Allow=127.0.0.1\n");
+    let d = dir.path().display();
+    std::fs::write(
+        dir.path().join("g.conf"),
+        format!(
+            "[group]\nservices = time\n\n[service time]\napplet = timesyncd\n\
+             args = -f --no-adjust -c {} --state-file {d}/state --clock-file {d}/clock\n",
+            conf.display()
+        ),
+    )
+    .unwrap();
+    let rundir = dir.path().join("run");
+    let mut cmd = Command::new(toolbox());
+    cmd.env("TOOLBOX_RUNDIR", &rundir)
+        .env("LOGGING", "stderr")
+        .args(["svchost", "-f", "-v", "-k", "g", "-c"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("log")).unwrap());
+    let _host = Daemon::spawn(cmd);
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    let synced = wait_until(Duration::from_secs(20), || {
+        raw_query(
+            "127.0.0.1:0",
+            to,
+            V4_CLIENT,
+            48,
+            3,
+            Duration::from_millis(300),
+        )
+        .is_some_and(|r| r[1] == 3)
+    });
+    assert!(
+        synced.is_some(),
+        "never served stratum 3; log:\n{}",
+        log(&dir)
+    );
+    let sc = |args: &[&str]| {
+        run_with_timeout(
+            Command::new(toolbox())
+                .env("TOOLBOX_RUNDIR", &rundir)
+                .arg("sc")
+                .args(args),
+            T,
+        )
+    };
+    assert!(sc(&["stop", "time"]).status.success());
+    let stopped = wait_until(Duration::from_secs(10), || {
+        raw_query(
+            "127.0.0.1:0",
+            to,
+            V4_CLIENT,
+            48,
+            4,
+            Duration::from_millis(200),
+        )
+        .is_none()
+    });
+    assert!(stopped.is_some(), "still serving after sc stop");
+    // Started again in the same process: the port is free to bind again.
+    assert!(sc(&["start", "time"]).status.success());
+    let again = wait_until(Duration::from_secs(20), || {
+        raw_query(
+            "127.0.0.1:0",
+            to,
+            V4_CLIENT,
+            48,
+            5,
+            Duration::from_millis(300),
+        )
+        .is_some()
+    });
+    assert!(
+        again.is_some(),
+        "not serving after sc start; log:\n{}",
+        log(&dir)
+    );
+}
