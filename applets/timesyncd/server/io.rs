@@ -2,9 +2,10 @@
 //!
 //! Sockets are bound when the command line is read, before privileges are
 //! dropped (port 123), several per address with SO_REUSEPORT so the kernel
-//! spreads clients over one thread each. A thread waits in poll(2) on its
-//! socket and a stop eventfd, then drains the socket in batches with
-//! recvmmsg(2), each datagram carrying its kernel receive time
+//! spreads clients over one thread each. A thread waits in a blocking
+//! recvmmsg(2) (MSG_WAITFORONE: one call waits and takes what has queued
+//! up, so a busy server makes one receive call per batch), each datagram
+//! carrying its kernel receive time
 //! (SO_TIMESTAMPNS), decides every reply with the sans-IO core, reads the
 //! clock once more and sends the batch with one sendmmsg(2). Threads of
 //! their own rather than tasks: the time is served at the same speed
@@ -12,8 +13,8 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -170,72 +171,67 @@ impl Shared {
     }
 }
 
-/// The running server: its threads and the eventfd that stops them.
+/// The running server: its threads and their sockets.
 pub struct Server {
     pub shared: Arc<Shared>,
-    stop: OwnedFd,
+    stopping: Arc<AtomicBool>,
+    sockets: Vec<Arc<Socket>>,
     threads: Vec<JoinHandle<()>>,
     pub addrs: Vec<SocketAddr>,
 }
 
 impl Server {
     pub fn start(bound: Bound, shared: Arc<Shared>) -> io::Result<Server> {
-        // SAFETY: eventfd returns a new descriptor we own, or -1.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: raw is a fresh descriptor owned by nobody else.
-        let stop = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut threads = Vec::new();
-        let mut addrs = Vec::new();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut server = Server {
+            shared,
+            stopping,
+            sockets: Vec::new(),
+            threads: Vec::new(),
+            addrs: Vec::new(),
+        };
         for (n, (addr, sock)) in bound.sockets.into_iter().enumerate() {
-            if !addrs.contains(&addr) {
-                addrs.push(addr);
+            if !server.addrs.contains(&addr) {
+                server.addrs.push(addr);
             }
-            let shared = shared.clone();
-            let stop_fd = stop.as_raw_fd();
+            // Blocking, so one recvmmsg both waits and takes the batch; the
+            // timeout only bounds how long a lost wake-up could delay a stop.
+            sock.set_nonblocking(false)?;
+            sock.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
+            let sock = Arc::new(sock);
+            server.sockets.push(sock.clone());
+            let shared = server.shared.clone();
+            let stopping = server.stopping.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("ntp-server-{n}"))
                 .stack_size(128 * 1024)
-                .spawn(move || serve(sock, stop_fd, &shared))?;
-            threads.push(thread);
+                .spawn(move || serve(&sock, &stopping, &shared))?;
+            server.threads.push(thread);
         }
-        Ok(Server {
-            shared,
-            stop,
-            threads,
-            addrs,
-        })
+        Ok(server)
     }
 
     pub fn stop(mut self) {
-        self.signal_stop();
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for sock in &self.sockets {
+            // Wakes a thread blocked in recvmmsg, even on an unconnected
+            // UDP socket (the call then returns at once).
+            let _ = sock.shutdown(std::net::Shutdown::Read);
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-    }
-
-    fn signal_stop(&self) {
-        let one: u64 = 1;
-        // SAFETY: an 8-byte write to our eventfd.
-        unsafe {
-            libc::write(
-                self.stop.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         if !self.threads.is_empty() {
-            self.signal_stop();
-            for t in self.threads.drain(..) {
-                let _ = t.join();
-            }
+            self.halt();
         }
     }
 }
@@ -380,37 +376,13 @@ struct Batch {
     out_msgs: [libc::mmsghdr; BATCH],
 }
 
-fn serve(sock: Socket, stop: libc::c_int, shared: &Shared) {
+fn serve(sock: &Socket, stopping: &AtomicBool, shared: &Shared) {
     // SAFETY: all-zero is a valid value for these C structs and arrays;
     // the pointers are set before each use.
     let mut b: Box<Batch> = Box::new(unsafe { std::mem::zeroed() });
     let fd = sock.as_raw_fd();
-    loop {
-        let mut fds = [
-            libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: two valid pollfds.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if rc < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            tracing::error!("NTP server: poll: {}", io::Error::last_os_error());
-            return;
-        }
-        if fds[1].revents != 0 {
-            return;
-        }
-        while drain_batch(fd, &mut b, shared) == BATCH {}
+    while !stopping.load(Ordering::Relaxed) {
+        drain_batch(fd, &mut b, shared);
     }
 }
 
@@ -438,7 +410,7 @@ fn drain_batch(fd: libc::c_int, b: &mut Batch, shared: &Shared) -> usize {
             fd,
             b.msgs.as_mut_ptr(),
             BATCH as libc::c_uint,
-            libc::MSG_DONTWAIT,
+            libc::MSG_WAITFORONE,
             std::ptr::null_mut(),
         )
     };
