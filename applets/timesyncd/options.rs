@@ -417,6 +417,43 @@ mod tests {
     }
 
     #[test]
+    fn busybox_server_options() {
+        let c = config(&["-l", "-I", "eth1", "-s", "10.0.0.1"]).unwrap();
+        let server = c.server();
+        assert!(server.enabled);
+        assert_eq!(server.interface.as_deref(), Some("eth1"));
+        assert!(server.access().permits("192.0.2.1".parse().unwrap()));
+        let e = config(&["-l", "-q", "-s", "10.0.0.1"]).unwrap_err();
+        assert!(e.contains("-l"), "{e}");
+        assert!(!config(&["-s", "10.0.0.1"]).unwrap().server().enabled);
+    }
+
+    #[test]
+    fn local_stratum_needs_no_upstream() {
+        let dir = std::env::temp_dir().join(format!("toolbox-opt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.conf");
+        std::fs::write(&path, "[Time]\nNTP=\nFallbackNTP=\n").unwrap();
+        let conf = path.to_str().unwrap();
+        assert!(
+            config(&["-c", conf]).is_err(),
+            "no servers and no server mode"
+        );
+        assert!(config(&["-c", conf, "-l"]).is_err(), "serving nothing");
+        std::fs::write(
+            &path,
+            "[Time]\nNTP=\nFallbackNTP=\n[Server]\nLocalStratum=3\n",
+        )
+        .unwrap();
+        assert!(config(&["-c", conf, "-l"])
+            .unwrap()
+            .servers()
+            .unwrap()
+            .is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn explicit_missing_config_is_an_error() {
         let e = config(&["-c", "/nonexistent/x.conf", "-s", "10.0.0.1"]).unwrap_err();
         assert!(e.contains("/nonexistent/x.conf"), "{e}");
