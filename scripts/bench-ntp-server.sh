@@ -9,11 +9,12 @@
 # client requests at 1, 10 and 100 thousand per second from several
 # threads and sockets, for a bounded time, and reports replies per second
 # and the 99th percentile of the response time; each rate is run against
-# chronyd and toolbox in turn, twice, and the better of the two kept.
+# chronyd and toolbox in turn, ROUNDS times, and the best of each kept
+# (other work on the machine only ever makes a run worse).
 # Then `chronyd -Q` and `timesyncd -Q` measure each server's offset,
 # which on loopback is the error of the served time.
 #
-# Environment: SECS (seconds per rate, default 3), RATES (default
+# Environment: SECS (seconds per rate, default 3), ROUNDS (default 3), RATES (default
 # "1000 10000 100000"), THREADS (load threads, default 2),
 # TOOLBOX (default target/release/toolbox). Needs chronyd and rustc.
 set -euo pipefail
@@ -22,6 +23,7 @@ cd "$(dirname "$0")/.."
 SECS=${SECS:-3}
 RATES=${RATES:-1000 10000 100000}
 THREADS=${THREADS:-2}
+ROUNDS=${ROUNDS:-3}
 
 command -v chronyd >/dev/null || { echo "bench: chronyd is not installed (apt-get install chrony)" >&2; exit 1; }
 command -v rustc >/dev/null || { echo "bench: rustc is needed for the load generator" >&2; exit 1; }
@@ -87,7 +89,7 @@ printf '%-8s %-9s %12s %10s %8s\n' rate server replies/s p99_us lost_%
 summary=()
 for rate in $RATES; do
     declare -A best_rps=() best_p99=()
-    for round in 1 2; do
+    for round in $(seq "$ROUNDS"); do
         for who in chronyd toolbox; do
             port=$chrony_port
             [ "$who" = toolbox ] && port=$toolbox_port
@@ -111,7 +113,7 @@ for rate in $RATES; do
 done
 
 echo
-echo "ratios (best of two rounds; replies/s above 1 and p99 below 1 favour toolbox):"
+echo "ratios (best of $ROUNDS rounds; replies/s above 1 and p99 below 1 favour toolbox):"
 printf '%s\n' "${summary[@]}"
 
 echo
