@@ -2,7 +2,9 @@
 //! there with `rustc -O`). Offers client requests to one server at a fixed
 //! rate from several threads, each spreading its requests over several
 //! sockets (so SO_REUSEPORT servers see many flows), and measures how many
-//! replies come back and how long each took.
+//! replies come back and how long each took: from just before the request
+//! is sent to the kernel's receive stamp on the reply (SO_TIMESTAMPNS), so
+//! this program's own scheduling does not count.
 //!
 //! usage: ntp-load ADDR:PORT RATE SECONDS [THREADS] [SOCKETS_PER_THREAD]
 //! prints: offered=N sent=N replies=N replies_per_s=X p50_us=X p99_us=X lost_pct=X
@@ -31,11 +33,91 @@ struct Timespec {
     nsec: i64,
 }
 
+#[repr(C)]
+struct Iovec {
+    base: *mut u8,
+    len: usize,
+}
+
+#[repr(C)]
+struct Msghdr {
+    name: *mut u8,
+    namelen: u32,
+    iov: *mut Iovec,
+    iovlen: usize,
+    control: *mut u8,
+    controllen: usize,
+    flags: i32,
+}
+
+#[repr(C)]
+struct Cmsghdr {
+    len: usize,
+    level: i32,
+    kind: i32,
+}
+
 extern "C" {
     fn ppoll(fds: *mut PollFd, n: u64, timeout: *const Timespec, sigmask: *const u8) -> i32;
+    fn recvmsg(fd: i32, msg: *mut Msghdr, flags: i32) -> isize;
+    fn setsockopt(fd: i32, level: i32, name: i32, value: *const i32, len: u32) -> i32;
 }
 
 const POLLIN: i16 = 1;
+const SOL_SOCKET: i32 = 1;
+const SO_TIMESTAMPNS: i32 = 35;
+const MSG_DONTWAIT: i32 = 0x40;
+
+/// Nanoseconds since the Unix epoch (CLOCK_REALTIME, as the kernel stamps).
+fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// One datagram and the kernel's receive time for it: the response time
+/// then ends when the reply reached this host, not when this thread got
+/// round to it.
+fn recv_stamped(fd: i32, buf: &mut [u8]) -> Option<(usize, Option<u64>)> {
+    let mut control = [0u64; 8];
+    let mut iov = Iovec {
+        base: buf.as_mut_ptr(),
+        len: buf.len(),
+    };
+    let mut msg = Msghdr {
+        name: std::ptr::null_mut(),
+        namelen: 0,
+        iov: &mut iov,
+        iovlen: 1,
+        control: control.as_mut_ptr().cast(),
+        controllen: std::mem::size_of_val(&control),
+        flags: 0,
+    };
+    // SAFETY: every pointer refers to a live buffer of the stated length.
+    let n = unsafe { recvmsg(fd, &mut msg, MSG_DONTWAIT) };
+    if n < 0 {
+        return None;
+    }
+    let mut stamp = None;
+    let hdr = std::mem::size_of::<Cmsghdr>();
+    if msg.controllen >= hdr + 16 {
+        // SAFETY: the kernel wrote at least one cmsghdr and its data.
+        let c: Cmsghdr = unsafe { std::ptr::read_unaligned(control.as_ptr().cast()) };
+        if c.level == SOL_SOCKET && c.kind == SO_TIMESTAMPNS && c.len >= hdr + 16 {
+            let data = control.as_ptr().cast::<u8>().wrapping_add(hdr);
+            // SAFETY: a struct timespec follows the header.
+            let (sec, nsec): (i64, i64) = unsafe {
+                (
+                    std::ptr::read_unaligned(data.cast()),
+                    std::ptr::read_unaligned(data.wrapping_add(8).cast()),
+                )
+            };
+            stamp = Some(sec as u64 * 1_000_000_000 + nsec as u64);
+        }
+    }
+    Some((n as usize, stamp))
+}
 
 struct Report {
     sent: u64,
@@ -57,6 +139,9 @@ fn worker(target: SocketAddr, id: u64, rate: f64, secs: f64, sockets: usize) -> 
             let s = UdpSocket::bind(local).expect("bind");
             s.connect(target).expect("connect");
             s.set_nonblocking(true).expect("nonblocking");
+            let on: i32 = 1;
+            // SAFETY: an int option on our socket.
+            unsafe { setsockopt(s.as_raw_fd(), SOL_SOCKET, SO_TIMESTAMPNS, &on, 4) };
             s
         })
         .collect();
@@ -87,8 +172,7 @@ fn worker(target: SocketAddr, id: u64, rate: f64, secs: f64, sockets: usize) -> 
             let mut burst = 0;
             while sent < due && burst < 64 {
                 let cookie = (id << 48) | sent;
-                let now = start.elapsed().as_nanos() as u64;
-                sent_at[sent as usize] = now.max(1);
+                sent_at[sent as usize] = realtime_ns().max(1);
                 let s = &socks[(sent as usize) % socks.len()];
                 let _ = s.send(&request(cookie));
                 sent += 1;
@@ -123,11 +207,11 @@ fn worker(target: SocketAddr, id: u64, rate: f64, secs: f64, sockets: usize) -> 
             if f.revents == 0 {
                 continue;
             }
-            while let Ok(len) = socks[i].recv(&mut buf) {
+            while let Some((len, stamp)) = recv_stamped(fds[i].fd, &mut buf) {
                 if len < 48 {
                     continue;
                 }
-                let now = start.elapsed().as_nanos() as u64;
+                let now = stamp.unwrap_or_else(realtime_ns);
                 let mut origin = [0u8; 8];
                 origin.copy_from_slice(&buf[24..32]);
                 let cookie = u64::from_be_bytes(origin);

@@ -35,8 +35,6 @@ use super::state::{derive, Upstream};
 const BATCH: usize = 32;
 /// Bytes of a request kept: the header is all that is read.
 const REQUEST_BUF: usize = 128;
-/// Receive buffer asked for each socket.
-const RECV_BUFFER: usize = 1 << 20;
 /// Clients the rate limiter remembers (about 40 bytes each).
 const RATE_TABLE_CLIENTS: usize = 16_384;
 
@@ -74,10 +72,9 @@ fn bind_one(addr: SocketAddr, interface: Option<&str>, reuse: bool) -> io::Resul
     if let Some(iface) = interface {
         sock.bind_device(Some(iface.as_bytes()))?;
     }
-    // Room for a few milliseconds of a flood while the thread is not
-    // running (the kernel caps it at net.core.rmem_max; nothing is
-    // allocated until datagrams queue).
-    let _ = sock.set_recv_buffer_size(RECV_BUFFER);
+    // The receive buffer stays at the kernel's default: a longer queue
+    // loses fewer requests in a flood but answers them late (measured:
+    // 1 MiB tripled the 99th percentile at 100k requests/s).
     sock.bind(&addr.into())?;
     let on: libc::c_int = 1;
     // SAFETY: setsockopt with a valid int option on our socket.
