@@ -99,6 +99,7 @@ pub fn bind(config: &ServerConfig, workers: usize) -> Result<Bound, String> {
     let mut sockets = Vec::new();
     let defaults = config.listen.is_empty();
     for addr in config.listen_addrs() {
+        let first = sockets.len();
         for i in 0..workers.max(1) {
             match bind_one(addr, config.interface.as_deref(), workers > 1) {
                 Ok(sock) => sockets.push((addr, sock)),
@@ -122,8 +123,62 @@ pub fn bind(config: &ServerConfig, workers: usize) -> Result<Bound, String> {
                 }
             }
         }
+        let group = sockets.len() - first;
+        if group > 1 {
+            if let Err(e) = steer_by_cpu(&sockets[first].1, group as u32) {
+                tracing::debug!("{addr}: reuseport CPU steering: {e}; spreading by hash");
+            }
+        }
     }
     Ok(Bound { sockets })
+}
+
+/// Hands each datagram to the group's socket of the CPU that received it
+/// (modulo the group's size), so the threads share a flood evenly however
+/// the clients' addresses hash, and a request is answered near where it
+/// arrived.
+fn steer_by_cpu(sock: &Socket, group: u32) -> io::Result<()> {
+    const LD_W_ABS: u16 = 0x20;
+    const ALU_MOD_K: u16 = 0x94;
+    const RET_A: u16 = 0x16;
+    let mut code = [
+        libc::sock_filter {
+            code: LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32,
+        },
+        libc::sock_filter {
+            code: ALU_MOD_K,
+            jt: 0,
+            jf: 0,
+            k: group,
+        },
+        libc::sock_filter {
+            code: RET_A,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_mut_ptr(),
+    };
+    // SAFETY: a valid classic BPF program for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// What the threads read and the shell updates.
