@@ -1223,3 +1223,33 @@ fn under_svchost_one_service_is_client_and_server_and_stops_cleanly() {
         log(&dir)
     );
 }
+
+#[test]
+fn sighup_applies_new_access_lists_to_the_running_server() {
+    let dir = TempDir::new("ts-serve-hup");
+    let port = free_udp_port();
+    let conf = server_conf(&dir, port, "", "Allow=127.0.0.1\nLocalStratum=6\n");
+    let daemon = daemon(&dir, &conf, &[]);
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_server(to, &dir);
+    server_conf(&dir, port, "", "Allow=127.0.0.9\nLocalStratum=6\n");
+    daemon.signal(libc::SIGHUP);
+    let refused = wait_until(Duration::from_secs(10), || {
+        raw_query(
+            "127.0.0.1:0",
+            to,
+            V4_CLIENT,
+            48,
+            8,
+            Duration::from_millis(200),
+        )
+        .is_none()
+    });
+    assert!(
+        refused.is_some(),
+        "old Allow= still in force; log:\n{}",
+        log(&dir)
+    );
+    let r = raw_query("127.0.0.9:0", to, V4_CLIENT, 48, 8, T).expect("the new client");
+    assert_eq!(r[1], 6);
+}
