@@ -35,8 +35,9 @@ use super::state::{derive, Upstream};
 const BATCH: usize = 32;
 /// Bytes of a request kept: the header is all that is read.
 const REQUEST_BUF: usize = 128;
-/// Clients the rate limiter remembers (about 40 bytes each).
-const RATE_TABLE_CLIENTS: usize = 16_384;
+/// Clients the rate limiter remembers (40 bytes each: 320 KiB, about
+/// what chrony's default clientloglimit allows).
+const RATE_TABLE_CLIENTS: usize = 8_192;
 
 /// Sockets bound for the server, handed from the command line to the
 /// service.
