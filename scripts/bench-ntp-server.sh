@@ -14,6 +14,10 @@
 # Then `chronyd -Q` and `timesyncd -Q` measure each server's offset,
 # which on loopback is the error of the served time.
 #
+# On a small machine the generator and the server share the same cores: a
+# rate well past what both can serve (RATES="200000 400000") shows where
+# each saturates, and other load on the machine moves every figure.
+#
 # Environment: SECS (seconds per rate, default 3), ROUNDS (default 3), RATES (default
 # "1000 10000 100000"), THREADS (load threads, default 2),
 # TOOLBOX (default target/release/toolbox). Needs chronyd and rustc.
