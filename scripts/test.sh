@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-peers=(qemu-utils nbdkit libnbd-bin python3-libnbd fio chrony busybox-static arping tcpdump iproute2 fdisk)
+peers=(qemu-utils nbdkit libnbd-bin python3-libnbd fio chrony ntpsec-ntpdate busybox-static arping tcpdump iproute2 fdisk)
 # Packaging checks (scripts/test-dist.sh): systemd-analyze, lintian, man.
 peers+=(systemd lintian man-db)
 missing=()

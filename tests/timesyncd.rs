@@ -913,3 +913,429 @@ fn status_marks_selected_candidate_and_falseticker_sources() {
         "one selected, one candidate:\n{shown}"
     );
 }
+
+// ---------------------------------------------------------------- server mode
+
+/// A free UDP port on 127.0.0.1.
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A configuration serving on 127.0.0.1:`port` with `server_lines` added
+/// to `[Server]`, and no upstream unless `ntp` names one.
+fn server_conf(dir: &TempDir, port: u16, ntp: &str, server_lines: &str) -> PathBuf {
+    let path = dir.path().join("server.conf");
+    std::fs::write(
+        &path,
+        format!(
+            "[Time]\nNTP={ntp}\nFallbackNTP=\n[Server]\nListen=127.0.0.1:{port}\n{server_lines}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// One raw client request (`first` as its first byte, `len` bytes long)
+/// from `bind`; the reply, if any comes within `wait`.
+fn raw_query(
+    bind: &str,
+    to: SocketAddr,
+    first: u8,
+    len: usize,
+    cookie: u64,
+    wait: Duration,
+) -> Option<Vec<u8>> {
+    let sock = UdpSocket::bind(bind).unwrap();
+    sock.set_read_timeout(Some(wait)).unwrap();
+    let mut req = vec![0u8; len];
+    req[0] = first;
+    if len >= 48 {
+        req[40..48].copy_from_slice(&cookie.to_be_bytes());
+    }
+    sock.send_to(&req, to).unwrap();
+    let mut buf = [0u8; 512];
+    match sock.recv_from(&mut buf) {
+        Ok((n, _)) => Some(buf[..n].to_vec()),
+        Err(_) => None,
+    }
+}
+
+const V4_CLIENT: u8 = (4 << 3) | 3;
+
+/// Waits until the server on `to` answers a plain client request.
+fn wait_for_server(to: SocketAddr, dir: &TempDir) {
+    wait_until(Duration::from_secs(10), || {
+        raw_query(
+            "127.0.0.1:0",
+            to,
+            V4_CLIENT,
+            48,
+            1,
+            Duration::from_millis(200),
+        )
+        .is_some()
+    })
+    .unwrap_or_else(|| panic!("server on {to} never answered; log:\n{}", log(dir)));
+}
+
+fn chronyd_q_offset(dir: &TempDir, port: u16) -> f64 {
+    let out = run_with_timeout(
+        Command::new("chronyd")
+            .args(["-Q", "-f", "/dev/null"])
+            .arg(format!(
+                "server 127.0.0.1 port {port} iburst maxsamples 4 minpoll -4 maxpoll -4"
+            ))
+            .arg(format!("pidfile {}/chronyd-q.pid", dir.path().display())),
+        T,
+    );
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    let line = all
+        .lines()
+        .find(|l| l.contains("System clock wrong by"))
+        .unwrap_or_else(|| panic!("chronyd -Q did not synchronise:\n{all}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "by").unwrap();
+    words[at + 1].parse().unwrap()
+}
+
+fn require_peer(tool: &str) -> bool {
+    if have(tool) {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{tool} is missing (scripts/test.sh installs it)"
+    );
+    eprintln!("skipping: {tool} is not installed (scripts/test.sh installs it)");
+    false
+}
+
+#[test]
+fn chronyd_and_our_client_synchronise_from_our_server_within_50us() {
+    if !require_peer("chronyd") {
+        return;
+    }
+    let dir = TempDir::new("ts-serve");
+    let port = free_udp_port();
+    let conf = server_conf(&dir, port, "", "Allow=127.0.0.1\nLocalStratum=7\n");
+    let _daemon = daemon(&dir, &conf, &[]);
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_server(to, &dir);
+    // chronyd -Q only measures: the host clock is not touched.
+    let chrony = chronyd_q_offset(&dir, port);
+    assert!(chrony.abs() < 50e-6, "chronyd -Q: offset {chrony}");
+    let out = dry_run(&dir, &["-s", &to.to_string()]);
+    let (_, stratum, offset, _) = parse_line(&out);
+    assert_eq!(stratum, 7, "LocalStratum");
+    assert!(offset.abs() < 50e-6, "timesyncd -Q: offset {offset}");
+}
+
+#[test]
+fn served_time_follows_the_upstream_with_stratum_plus_one() {
+    let dir = TempDir::new("ts-serve-up");
+    // The upstream runs 0.25 s ahead; --no-adjust serves the corrected time.
+    let upstream = TestServer::start(0.25, Behaviour::Good);
+    let port = free_udp_port();
+    let conf = server_conf(&dir, port, &upstream.spec(), "Allow=127.0.0.0/8\n");
+    let _daemon = daemon(&dir, &conf, &[]);
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_server(to, &dir);
+    let reply = wait_until(Duration::from_secs(20), || {
+        raw_query(
+            "127.0.0.1:0",
+            to,
+            V4_CLIENT,
+            48,
+            0x77,
+            Duration::from_millis(300),
+        )
+        .is_some_and(|r| r[1] == 3)
+    });
+    assert!(reply.is_some(), "never synchronised; log:\n{}", log(&dir));
+    let r = raw_query("127.0.0.1:0", to, V4_CLIENT, 48, 0x1234, T).unwrap();
+    assert_eq!(r.len(), 48);
+    assert_eq!(r[0] >> 6, 0, "leap: synchronised");
+    assert_eq!(r[0] & 7, 4, "server mode");
+    assert_eq!(&r[12..16], &[127, 0, 0, 1], "refid: the selected server");
+    assert_eq!(&r[24..32], &0x1234u64.to_be_bytes(), "origin: our transmit");
+    let root_delay = u32::from_be_bytes(r[4..8].try_into().unwrap());
+    assert!(root_delay >= 0x10, "upstream's root delay carried forward");
+    let out = dry_run(&dir, &["-s", &to.to_string()]);
+    let (_, stratum, offset, _) = parse_line(&out);
+    assert_eq!(stratum, 3);
+    assert!((offset - 0.25).abs() < 0.002, "offset {offset}");
+}
+
+#[test]
+fn unsynchronised_server_says_leap_3_stratum_16() {
+    let dir = TempDir::new("ts-serve-unsync");
+    let silent = TestServer::start(0.0, Behaviour::Silent);
+    let port = free_udp_port();
+    let conf = server_conf(&dir, port, &silent.spec(), "Allow=127.0.0.1\n");
+    let _daemon = daemon(&dir, &conf, &[]);
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_server(to, &dir);
+    let r = raw_query("127.0.0.1:0", to, V4_CLIENT, 48, 9, T).unwrap();
+    assert_eq!((r[0] >> 6, r[1]), (3, 16));
+    let out = dry_run(&dir, &["-s", &to.to_string()]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn rate_limit_sends_kod_rate_then_silence() {
+    let dir = TempDir::new("ts-serve-rate");
+    let port = free_udp_port();
+    let conf = server_conf(
+        &dir,
+        port,
+        "",
+        "Allow=127.0.0.0/8\nLocalStratum=5\nRateLimit=interval 4 burst 2 leak 4\n",
+    );
+    let _daemon = daemon(&dir, &conf, &[]);
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_server(to, &dir);
+    // A client of its own: the readiness probes do not count against it.
+    let sock = UdpSocket::bind("127.0.0.5:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    for i in 0..8u64 {
+        let mut req = [0u8; 48];
+        req[0] = V4_CLIENT;
+        req[40..48].copy_from_slice(&(100 + i).to_be_bytes());
+        sock.send_to(&req, to).unwrap();
+    }
+    let mut normal = 0;
+    let mut kisses = 0;
+    let mut buf = [0u8; 100];
+    while let Ok((n, _)) = sock.recv_from(&mut buf) {
+        assert_eq!(n, 48);
+        if buf[1] == 0 {
+            assert_eq!(&buf[12..16], b"RATE");
+            kisses += 1;
+        } else {
+            normal += 1;
+        }
+    }
+    assert_eq!(
+        (normal, kisses),
+        (2, 1),
+        "the burst of two, one KoD RATE, then nothing"
+    );
+}
+
+#[test]
+fn denied_address_and_mode_6_and_7_queries_get_nothing() {
+    let dir = TempDir::new("ts-serve-deny");
+    let port = free_udp_port();
+    let conf = server_conf(
+        &dir,
+        port,
+        "",
+        "Allow=127.0.0.0/8\nDeny=127.0.0.2\nLocalStratum=5\n",
+    );
+    let _daemon = daemon(&dir, &conf, &[]);
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_server(to, &dir);
+    let wait = Duration::from_millis(700);
+    assert!(
+        raw_query("127.0.0.2:0", to, V4_CLIENT, 48, 5, wait).is_none(),
+        "a denied address gets no reply"
+    );
+    assert!(raw_query("127.0.0.3:0", to, V4_CLIENT, 48, 5, wait).is_some());
+    // ntpq's READVAR (mode 6, 12 bytes) and ntpdc's MON_GETLIST (mode 7):
+    // the amplification classics.
+    assert!(raw_query("127.0.0.1:0", to, (2 << 3) | 6, 12, 0, wait).is_none());
+    assert!(raw_query("127.0.0.1:0", to, (2 << 3) | 6, 48, 0, wait).is_none());
+    assert!(raw_query("127.0.0.1:0", to, 0x17, 48, 0, wait).is_none());
+    assert!(raw_query("127.0.0.1:0", to, V4_CLIENT, 47, 5, wait).is_none());
+    // Still serving after all that.
+    assert!(raw_query("127.0.0.1:0", to, V4_CLIENT, 48, 5, wait).is_some());
+}
+
+#[test]
+fn ntpdate_on_port_123_against_a_privilege_dropped_server() {
+    if !common::require_root() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "needs root");
+        return;
+    }
+    if !require_peer("ntpdig") {
+        return;
+    }
+    let dir = TempDir::new("ts-serve-123");
+    let ns = common::Netns::new("ntp");
+    let conf = dir.path().join("server.conf");
+    std::fs::write(
+        &conf,
+        "[Time]\nNTP=\nFallbackNTP=\n[Server]\nListen=127.0.0.1\nAllow=127.0.0.1\nLocalStratum=4\n",
+    )
+    .unwrap();
+    let mut cmd = ns.command(toolbox());
+    cmd.args([
+        "timesyncd",
+        "-f",
+        "--no-adjust",
+        "-vv",
+        "-u",
+        "nobody",
+        "-c",
+    ])
+    .arg(&conf)
+    .arg("--state-file")
+    .arg(dir.path().join("state"))
+    .arg("--clock-file")
+    .arg(dir.path().join("clock"))
+    .env("LOGGING", "stderr")
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(dir.path().join("log")).unwrap());
+    let _daemon = Daemon::spawn(cmd);
+    let mut last = String::new();
+    let answered = wait_until(Duration::from_secs(20), || {
+        let out = ns.exec("ntpdig", &["-j", "-t", "1", "127.0.0.1"], T);
+        last = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        out.status.success() && last.contains("\"offset\"")
+    });
+    assert!(answered.is_some(), "ntpdig: {last}\nlog:\n{}", log(&dir));
+    let offset: f64 = last
+        .split("\"offset\":")
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no offset in {last}"));
+    assert!(offset.abs() < 50e-6, "ntpdig offset {offset}");
+    assert!(last.contains("\"stratum\":4"), "{last}");
+    // Bound to port 123, then running as nobody with CAP_SYS_TIME alone.
+    let pid = std::fs::read_to_string(dir.path().join("state"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("pid=").map(str::to_owned))
+        .unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    };
+    assert!(field("Uid:").starts_with("65534"), "{status}");
+    assert_eq!(field("CapEff:"), format!("{:016x}", 1u64 << 25), "{status}");
+}
+
+#[test]
+fn under_svchost_one_service_is_client_and_server_and_stops_cleanly() {
+    let dir = TempDir::new("ts-serve-svchost");
+    let upstream = TestServer::start(0.0, Behaviour::Good);
+    let port = free_udp_port();
+    let conf = server_conf(&dir, port, &upstream.spec(), "Allow=127.0.0.1\n");
+    let d = dir.path().display();
+    std::fs::write(
+        dir.path().join("g.conf"),
+        format!(
+            "[group]\nservices = time\n\n[service time]\napplet = timesyncd\n\
+             args = -f --no-adjust -c {} --state-file {d}/state --clock-file {d}/clock\n",
+            conf.display()
+        ),
+    )
+    .unwrap();
+    let rundir = dir.path().join("run");
+    let mut cmd = Command::new(toolbox());
+    cmd.env("TOOLBOX_RUNDIR", &rundir)
+        .env("LOGGING", "stderr")
+        .args(["svchost", "-f", "-v", "-k", "g", "-c"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("log")).unwrap());
+    let _host = Daemon::spawn(cmd);
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    let synced = wait_until(Duration::from_secs(20), || {
+        raw_query(
+            "127.0.0.1:0",
+            to,
+            V4_CLIENT,
+            48,
+            3,
+            Duration::from_millis(300),
+        )
+        .is_some_and(|r| r[1] == 3)
+    });
+    assert!(
+        synced.is_some(),
+        "never served stratum 3; log:\n{}",
+        log(&dir)
+    );
+    let sc = |args: &[&str]| {
+        run_with_timeout(
+            Command::new(toolbox())
+                .env("TOOLBOX_RUNDIR", &rundir)
+                .arg("sc")
+                .args(args),
+            T,
+        )
+    };
+    assert!(sc(&["stop", "time"]).status.success());
+    let stopped = wait_until(Duration::from_secs(10), || {
+        raw_query(
+            "127.0.0.1:0",
+            to,
+            V4_CLIENT,
+            48,
+            4,
+            Duration::from_millis(200),
+        )
+        .is_none()
+    });
+    assert!(stopped.is_some(), "still serving after sc stop");
+    // Started again in the same process: the port is free to bind again.
+    assert!(sc(&["start", "time"]).status.success());
+    let again = wait_until(Duration::from_secs(20), || {
+        raw_query(
+            "127.0.0.1:0",
+            to,
+            V4_CLIENT,
+            48,
+            5,
+            Duration::from_millis(300),
+        )
+        .is_some()
+    });
+    assert!(
+        again.is_some(),
+        "not serving after sc start; log:\n{}",
+        log(&dir)
+    );
+}
+
+#[test]
+fn sighup_applies_new_access_lists_to_the_running_server() {
+    let dir = TempDir::new("ts-serve-hup");
+    let port = free_udp_port();
+    let conf = server_conf(&dir, port, "", "Allow=127.0.0.1\nLocalStratum=6\n");
+    let daemon = daemon(&dir, &conf, &[]);
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_server(to, &dir);
+    server_conf(&dir, port, "", "Allow=127.0.0.9\nLocalStratum=6\n");
+    daemon.signal(libc::SIGHUP);
+    let refused = wait_until(Duration::from_secs(10), || {
+        raw_query(
+            "127.0.0.1:0",
+            to,
+            V4_CLIENT,
+            48,
+            8,
+            Duration::from_millis(200),
+        )
+        .is_none()
+    });
+    assert!(
+        refused.is_some(),
+        "old Allow= still in force; log:\n{}",
+        log(&dir)
+    );
+    let r = raw_query("127.0.0.9:0", to, V4_CLIENT, 48, 8, T).expect("the new client");
+    assert_eq!(r[1], 6);
+}

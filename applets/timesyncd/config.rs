@@ -25,6 +25,8 @@ pub struct TimeConfig {
     pub connection_retry: f64,
     /// `None`: never save the clock file periodically (infinity).
     pub save_interval: Option<f64>,
+    /// The `[Server]` section.
+    pub server: super::server::ServerConfig,
 }
 
 impl Default for TimeConfig {
@@ -37,6 +39,7 @@ impl Default for TimeConfig {
             poll_max: DEFAULT_POLL_MAX,
             connection_retry: DEFAULT_CONNECTION_RETRY,
             save_interval: Some(DEFAULT_SAVE_INTERVAL),
+            server: Default::default(),
         }
     }
 }
@@ -178,7 +181,7 @@ pub fn parse(text: &str, path: &str) -> Result<Parsed, String> {
             let name = name
                 .strip_suffix(']')
                 .ok_or_else(|| format!("{path}:{number}: invalid section header '{line}'"))?;
-            if name != "Time" {
+            if name != "Time" && name != "Server" {
                 parsed.warnings.push(format!(
                     "{path}:{number}: unknown section [{name}], ignoring"
                 ));
@@ -192,6 +195,19 @@ pub fn parse(text: &str, path: &str) -> Result<Parsed, String> {
         let (key, value) = (key.trim(), value.trim());
         match section.as_deref() {
             Some("Time") => {}
+            Some("Server") => {
+                let known = parsed
+                    .config
+                    .server
+                    .set(key, value)
+                    .map_err(|e| format!("{path}:{number}: {key}=: {e}"))?;
+                if !known {
+                    parsed.warnings.push(format!(
+                        "{path}:{number}: unknown key '{key}' in section [Server], ignoring"
+                    ));
+                }
+                continue;
+            }
             Some(_) => continue,
             None => {
                 parsed.warnings.push(format!(
@@ -419,6 +435,24 @@ mod tests {
             let _ = parse_server(&text);
             let _ = parse_timespan(&text);
         }
+    }
+
+    #[test]
+    fn server_section_parses() {
+        let p = parse(
+            "[Time]\nNTP=a.example\n[Server]\nListen=127.0.0.1:1123\nAllow=10.0.0.0/8\n\
+             RateLimit=interval 1 burst 2\nLocalStratum=9\nBogus=1\n",
+            "f",
+        )
+        .unwrap();
+        let s = &p.config.server;
+        assert!(s.enabled);
+        assert_eq!(s.listen, vec!["127.0.0.1:1123".parse().unwrap()]);
+        assert_eq!(s.local_stratum, Some(9));
+        assert_eq!(s.rate_limit.unwrap().burst, 2);
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+        let e = parse("[Server]\nListen=nowhere:1\n", "f").unwrap_err();
+        assert!(e.starts_with("f:2: Listen="), "{e}");
     }
 
     #[test]

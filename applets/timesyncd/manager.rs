@@ -92,6 +92,7 @@ struct Shell {
     start: Instant,
     last_state: String,
     last_notify: String,
+    server: Option<super::server::io::Running>,
 }
 
 fn engine_config(config: &Config) -> EngineConfig {
@@ -135,7 +136,11 @@ async fn run(config: Config, mut ctx: Context) -> ServiceResult {
         start,
         last_state: String::new(),
         last_notify: String::new(),
+        server: None,
     };
+    if shell.config.server().enabled {
+        shell.server = Some(super::server::io::Running::start(&shell.config)?);
+    }
     let daemon = shell.config.mode == Mode::Daemon;
     let mut watch = if daemon {
         match ClockWatch::new() {
@@ -160,6 +165,9 @@ async fn run(config: Config, mut ctx: Context) -> ServiceResult {
     let mut shutdown = ctx.shutdown();
     let result = loop {
         shell.act().await;
+        if let Some(server) = &mut shell.server {
+            server.update(&shell.engine, shell.config.adjust);
+        }
         if daemon {
             shell.publish(&ctx);
         } else if shell.engine.one_shot_finished(shell.now()) {
@@ -200,6 +208,9 @@ async fn run(config: Config, mut ctx: Context) -> ServiceResult {
             Event::Save => shell.save_clock(),
         }
     };
+    if let Some(server) = shell.server.take() {
+        server.stop();
+    }
     if daemon {
         shell.save_clock();
         let _ = std::fs::remove_file(&shell.config.state_file);
@@ -380,6 +391,9 @@ impl Shell {
                 let now = self.now();
                 self.engine
                     .reconfigure(engine_config(&config), servers, now);
+                if let Some(server) = &mut self.server {
+                    server.reconfigure(&config.server());
+                }
                 self.config = config;
                 self.last_notify.clear();
             }
@@ -494,7 +508,12 @@ impl Shell {
         }
         let encoded = snap.encode();
         if encoded != self.last_state {
-            if let Err(e) = status::write(&self.config.state_file, &snap) {
+            let written = status::write(&self.config.state_file, &snap).or_else(|e| {
+                // An unprivileged daemon owns its state file, not the directory.
+                super::server::privs::write_in_place(&self.config.state_file, &encoded)
+                    .map_err(|_| e)
+            });
+            if let Err(e) = written {
                 tracing::debug!("cannot write {}: {e}", self.config.state_file.display());
             }
             self.last_state = encoded;

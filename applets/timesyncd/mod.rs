@@ -8,7 +8,8 @@
 //! The tokio shell around it is `manager` (sockets with kernel receive
 //! timestamps, `resolve` with hickory, timers, `clockwatch`, `clockfile`,
 //! `status`, `hook`); `options` and `config` read the command line and
-//! timesyncd.conf; `sim` is the deterministic simulator for the tests.
+//! timesyncd.conf; `sim` is the deterministic simulator for the tests;
+//! `server` serves the time to the LAN (`-l`, `[Server]`).
 
 pub mod clock;
 pub mod clockfile;
@@ -24,6 +25,7 @@ pub mod packet;
 pub mod poll;
 pub mod random;
 pub mod resolve;
+pub mod server;
 #[cfg(test)]
 mod sim;
 pub mod socket;

@@ -72,6 +72,15 @@ struct Args {
     /// Clock file [env TIMESYNCD_CLOCK_FILE]
     #[arg(long = "clock-file", value_name = "PATH")]
     clock_file: Option<PathBuf>,
+    /// Also serve the time to others, on port 123 unless Listen= says (busybox)
+    #[arg(short = 'l', long = "listen")]
+    listen: bool,
+    /// Bind the server to IFACE (busybox)
+    #[arg(short = 'I', value_name = "IFACE")]
+    interface: Option<String>,
+    /// With -l as root: become USER after binding, keeping CAP_SYS_TIME (chrony)
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    user: Option<String>,
     /// Print version information
     #[arg(short = 'V', long)]
     version: bool,
@@ -80,6 +89,23 @@ struct Args {
 /// The command line's definition, for the man pages (scripts/mangen.sh).
 pub fn command() -> clap::Command {
     <Args as clap::CommandFactory>::command()
+}
+
+/// The server's sockets, bound while the command line is read (before
+/// privileges go) and taken by the service when it starts.
+#[derive(Clone, Default)]
+pub struct BoundSockets(pub std::sync::Arc<std::sync::Mutex<Option<super::server::io::Bound>>>);
+
+impl std::fmt::Debug for BoundSockets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BoundSockets")
+    }
+}
+
+impl BoundSockets {
+    pub fn take(&self) -> Option<super::server::io::Bound> {
+        self.0.lock().ok().and_then(|mut b| b.take())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,9 +132,25 @@ pub struct Config {
     pub pid_file: Option<PathBuf>,
     pub state_file: PathBuf,
     pub clock_file: PathBuf,
+    /// `-l` and `-I`: merged with `[Server]` by [`Config::server`].
+    pub serve: bool,
+    pub interface: Option<String>,
+    pub user: Option<String>,
+    pub bound: BoundSockets,
 }
 
 impl Config {
+    /// The server's settings: the file's `[Server]` with `-l` and `-I`.
+    pub fn server(&self) -> super::server::ServerConfig {
+        let mut server = self.time.server.clone();
+        // One-shot runs (-q, -Q at boot) share the file but serve nothing.
+        server.enabled = (server.enabled || self.serve) && self.mode == Mode::Daemon;
+        if self.interface.is_some() {
+            server.interface = self.interface.clone();
+        }
+        server
+    }
+
     /// The servers to use: -s replaces NTP= (and then FallbackNTP= applies
     /// only if the file sets it); without either, the built-in fallback.
     pub fn servers(&self) -> Result<Vec<ServerSpec>, String> {
@@ -132,7 +174,11 @@ impl Config {
         };
         let mut out: Vec<ServerSpec> = primaries.iter().map(|s| spec(s, false)).collect();
         out.extend(fallback.iter().map(|s| spec(s, true)));
-        if out.is_empty() {
+        let local_only = {
+            let server = self.server();
+            server.enabled && server.local_stratum.is_some()
+        };
+        if out.is_empty() && !local_only {
             return Err(format!(
                 "no NTP servers configured (use -s, or NTP= in {})",
                 self.config_path.display()
@@ -207,12 +253,31 @@ pub fn parse(argv: &[OsString]) -> Result<Launch, i32> {
     for w in &warnings {
         eprintln!("timesyncd: warning: {w}");
     }
+    let mut run_as = None;
+    let server = config.server();
+    if server.enabled {
+        let fail = |msg: String| {
+            eprintln!("timesyncd: {msg}");
+            1
+        };
+        let bound =
+            super::server::io::bind(&server, super::server::io::default_workers()).map_err(fail)?;
+        if let Ok(mut slot) = config.bound.0.lock() {
+            *slot = Some(bound);
+        }
+        run_as = super::server::privs::plan(config.user.as_deref()).map_err(fail)?;
+        if let Some((user, _)) = &run_as {
+            super::server::privs::hand_over(user, &[&config.state_file, &config.clock_file])
+                .map_err(fail)?;
+        }
+    }
     let host = HostOptions {
         daemonize: config.mode == Mode::Daemon && !config.foreground,
         pid_file: config.pid_file.clone(),
         threads: 1,
         verbosity: config.verbose,
         base_level: Some(tracing::Level::WARN),
+        run_as,
         ..HostOptions::default()
     };
     Ok(super::manager::launch(config, host))
@@ -223,6 +288,9 @@ fn validate(args: Args) -> Result<(Config, Vec<String>), String> {
         return Err("-q and -Q cannot be used together".into());
     }
     let _ = args.nice;
+    if args.listen && (args.once || args.dry_run) {
+        return Err("-l serves time as a daemon: not with -q or -Q".into());
+    }
     let cli_servers = args
         .servers
         .iter()
@@ -260,7 +328,12 @@ fn validate(args: Args) -> Result<(Config, Vec<String>), String> {
             "TIMESYNCD_CLOCK_FILE",
             clockfile::DEFAULT_PATH,
         )),
+        serve: args.listen,
+        interface: args.interface,
+        user: args.user,
+        bound: BoundSockets::default(),
     };
+
     config.servers()?;
     Ok((config, warnings))
 }
@@ -346,6 +419,43 @@ mod tests {
     fn bad_server_is_named() {
         let e = config(&["-s", "bad..name"]).unwrap_err();
         assert!(e.contains("bad..name"), "{e}");
+    }
+
+    #[test]
+    fn busybox_server_options() {
+        let c = config(&["-l", "-I", "eth1", "-s", "10.0.0.1"]).unwrap();
+        let server = c.server();
+        assert!(server.enabled);
+        assert_eq!(server.interface.as_deref(), Some("eth1"));
+        assert!(server.access().permits("192.0.2.1".parse().unwrap()));
+        let e = config(&["-l", "-q", "-s", "10.0.0.1"]).unwrap_err();
+        assert!(e.contains("-l"), "{e}");
+        assert!(!config(&["-s", "10.0.0.1"]).unwrap().server().enabled);
+    }
+
+    #[test]
+    fn local_stratum_needs_no_upstream() {
+        let dir = std::env::temp_dir().join(format!("toolbox-opt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.conf");
+        std::fs::write(&path, "[Time]\nNTP=\nFallbackNTP=\n").unwrap();
+        let conf = path.to_str().unwrap();
+        assert!(
+            config(&["-c", conf]).is_err(),
+            "no servers and no server mode"
+        );
+        assert!(config(&["-c", conf, "-l"]).is_err(), "serving nothing");
+        std::fs::write(
+            &path,
+            "[Time]\nNTP=\nFallbackNTP=\n[Server]\nLocalStratum=3\n",
+        )
+        .unwrap();
+        assert!(config(&["-c", conf, "-l"])
+            .unwrap()
+            .servers()
+            .unwrap()
+            .is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
