@@ -658,7 +658,7 @@ mod tests {
         let cookies: Vec<NtpTime> = (1..=20).map(|i| NtpTime(0xabcd_0000 + i)).collect();
         let sent = system_now();
         for c in &cookies {
-            client.send_to(&client_request(*c), to).unwrap();
+            client.send_to(&client_request(*c, 6), to).unwrap();
         }
         let mut buf = [0u8; 100];
         for _ in &cookies {
