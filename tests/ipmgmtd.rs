@@ -1124,6 +1124,71 @@ fn refresh_addr_detects_duplicates_on_the_link_for_v4_and_v6() {
     assert_eq!(rows, format!("{ours}/v4:ok\n{ours}/v6:ok\n"));
 }
 
+/// Twenty clients at once; one adds an IPv6 address whose DAD takes
+/// seconds. The daemon waits for DAD on a timer, not under its lock: the
+/// nineteen others are answered while that one still waits, and it is
+/// answered once the address is no longer tentative.
+#[test]
+fn twenty_concurrent_create_addr_do_not_wait_for_one_in_dad() {
+    let Some(mut rig) = Rig::new("cc") else {
+        return;
+    };
+    rig.veth("slow0", "slow0p", 1);
+    rig.veth("fast0", "fast0p", 2);
+    rig.write_sysctl("net/ipv6/conf/slow0/accept_dad", "1");
+    rig.write_sysctl("net/ipv6/conf/slow0/dad_transmits", "2");
+    rig.write_sysctl("net/ipv6/neigh/slow0/retrans_time_ms", "1000");
+    rig.start();
+    let barrier = std::sync::Barrier::new(20);
+    let start = Instant::now();
+    // (client, answered after, succeeded, address still tentative then)
+    type Finished = (usize, Duration, bool, Option<bool>);
+    let done: Mutex<Vec<Finished>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for i in 0..20 {
+            let (rig, barrier, done) = (&rig, &barrier, &done);
+            scope.spawn(move || {
+                let (spec, target) = if i == 0 {
+                    ("2001:db8:cc::1/64".to_owned(), "slow0/v6".to_owned())
+                } else {
+                    (format!("10.77.0.{i}/24"), format!("fast0/a{i}"))
+                };
+                barrier.wait();
+                let out = rig.ipadm(&["create-addr", "-T", "static", "-a", &spec, &target]);
+                let took = start.elapsed();
+                let tentative = (i == 0).then(|| {
+                    rig.addr("slow0", "2001:db8:cc::1")
+                        .is_some_and(|a| a.is_true("tentative"))
+                });
+                done.lock()
+                    .unwrap()
+                    .push((i, took, out.status.success(), tentative));
+            });
+        }
+    });
+    let done = done.into_inner().unwrap();
+    assert!(done.iter().all(|d| d.2), "a create-addr failed: {done:?}");
+    let slow = done.iter().find(|d| d.0 == 0).unwrap();
+    assert_eq!(slow.3, Some(false), "answered while still tentative");
+    let slowest_other = done.iter().filter(|d| d.0 != 0).map(|d| d.1).max().unwrap();
+    eprintln!(
+        "create-addr latencies: DAD one {:?}, the other 19 within {:?}",
+        slow.1, slowest_other
+    );
+    assert!(
+        done.iter().filter(|d| d.0 != 0).all(|d| d.1 < slow.1),
+        "others waited for the DAD one: {done:?}"
+    );
+    let rows = rig.ok(&["show-addr", "-p", "-o", "addrobj,state"]);
+    let ours: Vec<&str> = rows
+        .lines()
+        .filter(|l| l.starts_with("slow0/") || l.starts_with("fast0/"))
+        .collect();
+    assert_eq!(ours.len(), 20, "{rows}");
+    assert!(ours.iter().all(|l| l.ends_with(":ok")), "{rows}");
+    assert_eq!(rig.addr_list("fast0").len(), 19);
+}
+
 #[test]
 fn persistent_configuration_comes_back_in_a_fresh_namespace_and_temporary_does_not() {
     let Some(mut rig) = Rig::new("pe") else {
