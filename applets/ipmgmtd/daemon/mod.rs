@@ -10,6 +10,8 @@
 //! writes the datastore.
 
 mod auth;
+mod dhcp;
+mod dhcp_table;
 mod engine;
 #[cfg(test)]
 mod fake_kernel;
@@ -32,6 +34,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
+use self::dhcp::DhcpManager;
+use self::dhcp_table::DhcpTable;
 use self::engine::{Engine, Next, Outcome};
 use self::files::FileLock;
 use self::kernel::{KernelOpener, RealOpener};
@@ -153,12 +157,25 @@ pub async fn run(config: Config, ctx: Context) -> ServiceResult {
         tracing::info!("running as {SERVICE_USER}");
     }
     drop(kernel);
-    let (engine, notes) =
-        Engine::new(&paths, Box::new(RealOpener), origin(), store, loaded.db).map_err(fail)?;
+    let table = Arc::new(DhcpTable::default());
+    let (engine, notes) = Engine::new(
+        &paths,
+        Box::new(RealOpener),
+        table.clone(),
+        origin(),
+        store,
+        loaded.db,
+    )
+    .map_err(fail)?;
     for note in notes {
         tracing::info!("{note}");
     }
     let engine = Arc::new(engine);
+    let dhcp = Arc::new(DhcpManager::new(&paths, table));
+    // DHCP clients that ran before a restart take up their leases again.
+    for effect in engine.dhcp_resume() {
+        dhcp.apply(effect).await;
+    }
 
     match std::fs::remove_file(&paths.socket) {
         Ok(()) => tracing::info!("removed a stale {}", paths.socket.display()),
@@ -178,7 +195,7 @@ pub async fn run(config: Config, ctx: Context) -> ServiceResult {
     ctx.ready();
     ctx.status(&format!("listening on {}", paths.socket.display()));
 
-    serve(listener, engine.clone(), ctx).await;
+    serve(listener, engine.clone(), dhcp, ctx).await;
 
     let shutdown_engine = engine.clone();
     let _ = tokio::task::spawn_blocking(move || shutdown_engine.shutdown()).await;
@@ -187,7 +204,7 @@ pub async fn run(config: Config, ctx: Context) -> ServiceResult {
 }
 
 /// Accepts clients until shutdown; arms and disarms `try` rollback timers.
-async fn serve(listener: UnixListener, engine: Arc<Engine>, ctx: Context) {
+async fn serve(listener: UnixListener, engine: Arc<Engine>, dhcp: Arc<DhcpManager>, ctx: Context) {
     let mut shutdown = ctx.shutdown();
     let permits = Arc::new(Semaphore::new(MAX_CLIENTS));
     let (trial_tx, mut trial_rx) = mpsc::unbounded_channel::<(u64, Duration)>();
@@ -202,9 +219,10 @@ async fn serve(listener: UnixListener, engine: Arc<Engine>, ctx: Context) {
                 Ok((stream, _)) => match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let engine = engine.clone();
+                        let dhcp = dhcp.clone();
                         let trial_tx = trial_tx.clone();
                         clients.spawn(async move {
-                            serve_client(stream, engine, trial_tx).await;
+                            serve_client(stream, engine, dhcp, trial_tx).await;
                             drop(permit);
                         });
                     }
@@ -254,6 +272,7 @@ async fn send_reply(stream: &mut UnixStream, reply: &Reply) -> bool {
 async fn serve_client(
     mut stream: UnixStream,
     engine: Arc<Engine>,
+    dhcp: Arc<DhcpManager>,
     trial_tx: mpsc::UnboundedSender<(u64, Duration)>,
 ) {
     let peer = match auth::peer(stream.as_raw_fd()) {
@@ -318,7 +337,7 @@ async fn serve_client(
         let outcome =
             tokio::task::spawn_blocking(move || worker.handle(request, std::time::Instant::now()))
                 .await;
-        let reply = follow(&engine, op, outcome, &trial_tx).await;
+        let reply = follow(&engine, &dhcp, op, outcome, &trial_tx).await;
         if !send_reply(&mut stream, &reply).await {
             return;
         }
@@ -330,6 +349,7 @@ fn internal_error(op: &str, e: tokio::task::JoinError) -> Outcome {
     Outcome {
         next: Next::Reply(Reply::error(Error::with(Status::Failure, "internal error"))),
         trial: None,
+        effects: Vec::new(),
     }
 }
 
@@ -338,6 +358,7 @@ fn internal_error(op: &str, e: tokio::task::JoinError) -> Outcome {
 /// so other clients are served meanwhile).
 async fn follow(
     engine: &Arc<Engine>,
+    dhcp: &DhcpManager,
     op: &'static str,
     outcome: Result<Outcome, tokio::task::JoinError>,
     trial_tx: &mpsc::UnboundedSender<(u64, Duration)>,
@@ -346,6 +367,9 @@ async fn follow(
     loop {
         if let Some(timer) = outcome.trial.take() {
             let _ = trial_tx.send(timer);
+        }
+        for effect in std::mem::take(&mut outcome.effects) {
+            dhcp.apply(effect).await;
         }
         let worker = engine.clone();
         let step = match outcome.next {

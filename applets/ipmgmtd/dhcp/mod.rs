@@ -3,5 +3,6 @@
 //! without I/O; the daemon's shell runs them.
 
 pub mod client;
+pub mod frame;
 pub mod lease;
 pub mod packet;

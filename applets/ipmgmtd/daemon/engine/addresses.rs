@@ -3,8 +3,9 @@
 //! address detection).
 
 use std::net::IpAddr;
+use std::time::Duration;
 
-use super::{ignore_gone, Kernel, State, Txn, Wait, DAD_WAIT};
+use super::{ignore_gone, DhcpEffect, Kernel, State, Txn, Wait, DAD_WAIT};
 use crate::ipmgmtd::addrspec::StaticAddr;
 use crate::ipmgmtd::aobjmap::{AddrEntry, AddrState, MapAddr};
 use crate::ipmgmtd::datastore::{AddrRecord, Body, PersistAddr, Record};
@@ -48,6 +49,13 @@ impl Txn<'_> {
                 Ok(())
             }
             MapAddr::Addrconf => self.stop_addrconf(&entry.aobj.ifname),
+            MapAddr::Dhcp { .. } => {
+                self.effects.push(DhcpEffect::Stop {
+                    aobj: entry.aobj.clone(),
+                    release: self.release,
+                });
+                Ok(())
+            }
         }
     }
 
@@ -77,6 +85,16 @@ impl Txn<'_> {
                 AddrEntry {
                     aobj: record.aobj.clone(),
                     kind: MapAddr::Addrconf,
+                    state: AddrState::Up,
+                }
+            }
+            PersistAddr::Dhcp { hostname, .. } => {
+                self.start_dhcp(link, &record.aobj, hostname.clone())?;
+                AddrEntry {
+                    aobj: record.aobj.clone(),
+                    kind: MapAddr::Dhcp {
+                        hostname: hostname.clone(),
+                    },
                     state: AddrState::Up,
                 }
             }
@@ -116,6 +134,16 @@ impl Txn<'_> {
         let persistent_if = self.st.db.has_interface(ifname);
         if !temporary && plumbed && !persistent_if {
             return Err(Status::TemporaryObj.into());
+        }
+        if let NewAddr::Dhcp { .. } = kind {
+            let exists =
+                self.st.map.dhcp_on(ifname).is_some()
+                    || self.st.db.addresses().any(|r| {
+                        r.aobj.ifname == ifname && matches!(r.kind, PersistAddr::Dhcp { .. })
+                    });
+            if exists {
+                return Err(Status::DhcpExists.into());
+            }
         }
         if let NewAddr::Addrconf = kind {
             let exists = self.st.map.addrconf_on(ifname).is_some()
@@ -183,6 +211,28 @@ impl Txn<'_> {
                     PersistAddr::Addrconf,
                 )
             }
+            NewAddr::Dhcp { wait, hostname } => {
+                self.start_dhcp(&link, &aobj, hostname.clone())?;
+                if *wait != Some(0) {
+                    self.wait = Some(Wait::Dhcp {
+                        aobj: aobj.clone(),
+                        deadline: wait.map(|w| self.now + Duration::from_secs(u64::from(w))),
+                    });
+                }
+                (
+                    AddrEntry {
+                        aobj: aobj.clone(),
+                        kind: MapAddr::Dhcp {
+                            hostname: hostname.clone(),
+                        },
+                        state: AddrState::Up,
+                    },
+                    PersistAddr::Dhcp {
+                        wait: *wait,
+                        hostname: hostname.clone(),
+                    },
+                )
+            }
         };
         self.st.map.insert_addr(entry);
         if !temporary {
@@ -203,7 +253,8 @@ impl Txn<'_> {
         }
     }
 
-    pub(super) fn delete_addr(&mut self, aobj: &AddrObj) -> Result<Reply, Error> {
+    pub(super) fn delete_addr(&mut self, aobj: &AddrObj, release: bool) -> Result<Reply, Error> {
+        self.release = release;
         let entry = self.st.map.addr(aobj).cloned();
         let persistent = self.st.db.address(aobj).is_some();
         if entry.is_none() && !persistent {
@@ -298,8 +349,37 @@ impl Txn<'_> {
         Ok(Reply::ok())
     }
 
-    pub(super) fn refresh_addr(&mut self, aobj: &AddrObj) -> Result<Reply, Error> {
+    /// Has the shell start a DHCP client for `aobj` on `link`.
+    pub(super) fn start_dhcp(
+        &mut self,
+        link: &Link,
+        aobj: &AddrObj,
+        hostname: Option<String>,
+    ) -> Result<(), Error> {
+        let Ok(mac) = <[u8; 6]>::try_from(link.hwaddr.as_slice()) else {
+            return Err(Error::with(
+                Status::NotSup,
+                format!("{}: DHCP needs an Ethernet link", link.name),
+            ));
+        };
+        self.effects.push(DhcpEffect::Start {
+            aobj: aobj.clone(),
+            ifindex: link.index,
+            mac,
+            hostname,
+        });
+        Ok(())
+    }
+
+    pub(super) fn refresh_addr(&mut self, aobj: &AddrObj, inform: bool) -> Result<Reply, Error> {
         let entry = self.active_entry(aobj)?;
+        if let MapAddr::Dhcp { .. } = entry.kind {
+            self.effects.push(DhcpEffect::Refresh {
+                aobj: aobj.clone(),
+                inform,
+            });
+            return Ok(Reply::ok());
+        }
         let MapAddr::Static { addr, deprecated } = entry.kind else {
             return Err(Status::NotSup.into());
         };

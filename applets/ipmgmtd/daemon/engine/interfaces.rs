@@ -1,7 +1,8 @@
 //! Interfaces: taken into service (plumbed) and out, created, deleted,
 //! enabled from the persistent configuration, and `ipadm init`.
 
-use super::{ignore_gone, Txn};
+use super::{ignore_gone, DhcpEffect, Txn};
+use crate::ipmgmtd::aobjmap::MapAddr;
 use crate::ipmgmtd::daemon::sysctl;
 use crate::ipmgmtd::datastore::AddrRecord;
 use crate::ipmgmtd::kstate::{Link, IFF_UP};
@@ -25,8 +26,22 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Takes an interface out of service: every address off, link down.
+    /// Takes an interface out of service: DHCP clients stopped, every
+    /// address off, link down.
     pub(super) fn unplumb(&mut self, link: &Link) -> Result<(), Error> {
+        let leased: Vec<_> = self
+            .st
+            .map
+            .addrs_on(&link.name)
+            .filter(|e| matches!(e.kind, MapAddr::Dhcp { .. }))
+            .map(|e| e.aobj.clone())
+            .collect();
+        for aobj in leased {
+            self.effects.push(DhcpEffect::Stop {
+                aobj,
+                release: false,
+            });
+        }
         let addrs: Vec<_> = self.view.addrs_on(&link.name).cloned().collect();
         for a in addrs.iter().filter(|a| a.family == Family::Inet) {
             ignore_gone(self.k.del_kaddr(a))?;

@@ -25,15 +25,16 @@ mod tests;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use super::dhcp_table::DhcpTable;
 use super::files;
 use super::kernel::{Kernel, KernelOpener};
 use super::snapshot::Snapshot;
 use super::store::Store;
 use crate::ipmgmtd::addrspec::StaticAddr;
-use crate::ipmgmtd::aobjmap::AobjMap;
+use crate::ipmgmtd::aobjmap::{AobjMap, MapAddr};
 use crate::ipmgmtd::datastore::{Body, Datastore, Record};
 use crate::ipmgmtd::kstate::{KernelView, Link};
 use crate::ipmgmtd::model::{Error, Family, Status};
@@ -68,6 +69,12 @@ enum Wait {
         /// What to answer when DAD succeeds (warnings of the change).
         reply: Reply,
     },
+    /// `create-addr -T dhcp -w`: until the client is bound, or the
+    /// deadline (None: forever).
+    Dhcp {
+        aobj: AddrObj,
+        deadline: Option<Instant>,
+    },
     /// `refresh-addr` of an IPv4 address: the shell probes, we decide.
     Probe4 {
         aobj: AddrObj,
@@ -86,6 +93,8 @@ struct State {
 pub struct Engine {
     paths: Paths,
     kernel: Box<dyn KernelOpener>,
+    /// What the DHCP clients report (written by the shell's runners).
+    dhcp: Arc<DhcpTable>,
     state: RwLock<State>,
     /// Requests waiting on DAD, by id; kept apart from `state` so that
     /// adding one never waits for a reader.
@@ -99,6 +108,26 @@ pub struct Probe {
     pub ifindex: u32,
     pub hwaddr: Vec<u8>,
     pub addr: Ipv4Addr,
+}
+
+/// What the shell starts or stops for a change that committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DhcpEffect {
+    Start {
+        aobj: AddrObj,
+        ifindex: u32,
+        mac: [u8; 6],
+        hostname: Option<String>,
+    },
+    /// `release`: give the lease back (RELEASE); else let it run out.
+    Stop {
+        aobj: AddrObj,
+        release: bool,
+    },
+    Refresh {
+        aobj: AddrObj,
+        inform: bool,
+    },
 }
 
 /// What the shell does next for a request.
@@ -118,6 +147,8 @@ pub enum Next {
 pub struct Outcome {
     pub next: Next,
     pub trial: Option<(u64, Duration)>,
+    /// To carry out before the next step.
+    pub effects: Vec<DhcpEffect>,
 }
 
 impl Outcome {
@@ -125,6 +156,7 @@ impl Outcome {
         Outcome {
             next: Next::Reply(reply),
             trial: None,
+            effects: Vec::new(),
         }
     }
 }
@@ -136,6 +168,7 @@ impl Engine {
     pub fn new(
         paths: &Paths,
         kernel: Box<dyn KernelOpener>,
+        dhcp: Arc<DhcpTable>,
         origin: String,
         store: Store,
         db: Datastore,
@@ -173,6 +206,7 @@ impl Engine {
         let engine = Engine {
             paths: paths.clone(),
             kernel,
+            dhcp,
             state: RwLock::new(State {
                 db,
                 map,
@@ -213,7 +247,7 @@ impl Engine {
             let result = self
                 .kernel
                 .open()
-                .and_then(|mut k| show::show(&st, k.as_mut(), &request));
+                .and_then(|mut k| show::show(&st, k.as_mut(), &self.dhcp.view(now), &request));
             return Outcome::reply(result.unwrap_or_else(Reply::error));
         }
         let mut st = self.write();
@@ -248,10 +282,13 @@ impl Engine {
             view: snapshot.view.clone(),
             warnings: Vec::new(),
             wait: None,
+            effects: Vec::new(),
+            release: false,
             now,
         };
         let result = txn.apply(&change);
         let wait = txn.wait.take();
+        let effects = std::mem::take(&mut txn.effects);
         let result = result.and_then(|mut reply| {
             if let Some(warning) = self.commit(&mut st, &snapshot)? {
                 reply.warnings.push(warning);
@@ -273,7 +310,11 @@ impl Engine {
                     None => Next::Reply(reply),
                     Some(wait) => self.start_wait(wait, reply),
                 };
-                Outcome { next, trial }
+                Outcome {
+                    next,
+                    trial,
+                    effects,
+                }
             }
             Err(e) => {
                 for p in self.restore(&mut st, kernel.as_mut(), &snapshot) {
@@ -288,7 +329,7 @@ impl Engine {
     fn start_wait(&self, mut wait: Wait, reply: Reply) -> Next {
         let id = self.new_id();
         let next = match &wait {
-            Wait::Dad6 { .. } => Next::Poll {
+            Wait::Dad6 { .. } | Wait::Dhcp { .. } => Next::Poll {
                 id,
                 after: DAD_POLL,
             },
@@ -324,15 +365,18 @@ impl Engine {
         let Some(wait) = self.waits().get(&id).cloned() else {
             return Outcome::reply(Reply::error(Error::with(Status::Failure, "no such wait")));
         };
-        let Wait::Dad6 {
-            index,
-            addr,
-            deadline,
-            report,
-            reply,
-        } = wait
-        else {
-            return Outcome::reply(Reply::error(Error::with(Status::Failure, "not a DAD wait")));
+        let (index, addr, deadline, report, reply) = match wait {
+            Wait::Dad6 {
+                index,
+                addr,
+                deadline,
+                report,
+                reply,
+            } => (index, addr, deadline, report, reply),
+            Wait::Dhcp { aobj, deadline } => return self.poll_dhcp(id, &aobj, deadline, now),
+            Wait::Probe4 { .. } => {
+                return Outcome::reply(Reply::error(Error::with(Status::Failure, "not a DAD wait")))
+            }
         };
         let verdict = self.kernel.open().and_then(|mut k| k.addrs()).map(|addrs| {
             addrs
@@ -363,8 +407,68 @@ impl Engine {
                     after: DAD_POLL,
                 },
                 trial: None,
+                effects: Vec::new(),
             },
         }
+    }
+
+    /// `create-addr -T dhcp` waiting for its lease.
+    fn poll_dhcp(
+        &self,
+        id: u64,
+        aobj: &AddrObj,
+        deadline: Option<Instant>,
+        now: Instant,
+    ) -> Outcome {
+        let bound = self.dhcp.bound(aobj);
+        let gone = self.read().map.addr(aobj).is_none();
+        if bound || gone || deadline.is_some_and(|d| now >= d) {
+            self.waits().remove(&id);
+            return Outcome::reply(if bound {
+                Reply::ok()
+            } else if gone {
+                Reply::error(Status::NotFound.into())
+            } else {
+                // The client goes on trying, as illumos' does.
+                Reply::error(Status::DhcpTimeout.into())
+            });
+        }
+        Outcome {
+            next: Next::Poll {
+                id,
+                after: DAD_POLL,
+            },
+            trial: None,
+            effects: Vec::new(),
+        }
+    }
+
+    /// DHCP clients to start for the objects the map holds (a restart of
+    /// the daemon while they were running).
+    pub fn dhcp_resume(&self) -> Vec<DhcpEffect> {
+        let st = self.read();
+        let mut effects = Vec::new();
+        let links = self
+            .kernel
+            .open()
+            .and_then(|mut k| k.links())
+            .unwrap_or_default();
+        for e in st.map.addrs() {
+            if let MapAddr::Dhcp { hostname } = &e.kind {
+                let link = links.iter().find(|l| l.name == e.aobj.ifname);
+                if let Some((link, mac)) =
+                    link.and_then(|l| Some((l, <[u8; 6]>::try_from(l.hwaddr.as_slice()).ok()?)))
+                {
+                    effects.push(DhcpEffect::Start {
+                        aobj: e.aobj.clone(),
+                        ifindex: link.index,
+                        mac,
+                        hostname: hostname.clone(),
+                    });
+                }
+            }
+        }
+        effects
     }
 
     /// The result of the probe a waiting `refresh-addr` asked for.
@@ -496,6 +600,10 @@ struct Txn<'a> {
     warnings: Vec<String>,
     /// Set when the reply must wait for duplicate address detection.
     wait: Option<Wait>,
+    /// DHCP clients to start or stop once the change is committed.
+    effects: Vec<DhcpEffect>,
+    /// delete-addr -r: DHCP leases are released.
+    release: bool,
     now: Instant,
 }
 
@@ -518,12 +626,12 @@ impl Txn<'_> {
                 temporary,
                 kind,
             } => self.create_addr(target, *temporary, kind),
-            Request::DeleteAddr { aobj } => self.delete_addr(aobj),
+            Request::DeleteAddr { aobj, release } => self.delete_addr(aobj, *release),
             Request::UpAddr { aobj, temporary } => self.up_down_addr(aobj, *temporary, true),
             Request::DownAddr { aobj, temporary } => self.up_down_addr(aobj, *temporary, false),
             Request::EnableAddr { aobj } => self.enable_addr(aobj),
             Request::DisableAddr { aobj } => self.disable_addr(aobj),
-            Request::RefreshAddr { aobj } => self.refresh_addr(aobj),
+            Request::RefreshAddr { aobj, inform } => self.refresh_addr(aobj, *inform),
             Request::SetProp {
                 proto,
                 name,

@@ -23,11 +23,16 @@ pub(super) fn row(pairs: &[(&str, Option<String>)]) -> Row {
 }
 
 /// Read requests.
-pub(super) fn show(st: &State, k: &mut dyn Kernel, request: &Request) -> Result<Reply, Error> {
+pub(super) fn show(
+    st: &State,
+    k: &mut dyn Kernel,
+    dhcp: &view::DhcpView,
+    request: &Request,
+) -> Result<Reply, Error> {
     match request {
         Request::ShowAddr { filter } => {
             let view = k.view()?;
-            let rows = view::addr_rows(&view, &st.map, &st.db);
+            let rows = view::addr_rows(&view, &st.map, &st.db, dhcp);
             let rows: Vec<view::AddrRow> = match filter {
                 AddrFilter::All => rows,
                 AddrFilter::Interface(ifname) => {
@@ -274,7 +279,7 @@ fn show_addrprop(
                     entry.map(|_| addr.plen.to_string()),
                     record.and_then(|r| match &r.kind {
                         PersistAddr::Static { addr, .. } => Some(addr.plen.to_string()),
-                        PersistAddr::Addrconf => None,
+                        PersistAddr::Addrconf | PersistAddr::Dhcp { .. } => None,
                     }),
                     String::new(),
                     format!("1-{}", addr.family().max_prefix()),
@@ -286,11 +291,11 @@ fn show_addrprop(
                                 .is_some_and(|k| k.has(IFA_F_DEPRECATED)),
                         ),
                         (MapAddr::Static { deprecated, .. }, _) => on_off(*deprecated),
-                        (MapAddr::Addrconf, _) => String::new(),
+                        (MapAddr::Addrconf | MapAddr::Dhcp { .. }, _) => String::new(),
                     }),
                     record.and_then(|r| match &r.kind {
                         PersistAddr::Static { deprecated, .. } => Some(on_off(*deprecated)),
-                        PersistAddr::Addrconf => None,
+                        PersistAddr::Addrconf | PersistAddr::Dhcp { .. } => None,
                     }),
                     fixed_default(def),
                     def.possible(&[]),

@@ -3,10 +3,12 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Engine, Next, Outcome};
 use crate::ipmgmtd::addrspec::parse_static;
+use crate::ipmgmtd::daemon::dhcp_table::DhcpTable;
 use crate::ipmgmtd::daemon::fake_kernel::FakeKernel;
 use crate::ipmgmtd::daemon::store::Store;
 use crate::ipmgmtd::datastore::Datastore;
@@ -38,6 +40,7 @@ fn rig(name: &str) -> Rig {
     let (engine, _) = Engine::new(
         &paths,
         Box::new(kernel.clone()),
+        Arc::new(DhcpTable::default()),
         "test".into(),
         Store::new(&paths),
         Datastore::default(),
@@ -215,6 +218,7 @@ fn ipv6_dad_failure_is_reported_by_refresh_and_a_long_dad_stops_waiting() {
         .handle(
             Request::RefreshAddr {
                 aobj: aobj("net0/a"),
+                inform: false,
             },
             start,
         )
@@ -246,6 +250,7 @@ fn ipv4_refresh_probes_with_no_lock_held_and_marks_duplicates() {
     rig.kernel.state().taken.insert(conflict);
     let refresh = || Request::RefreshAddr {
         aobj: aobj("net0/v4"),
+        inform: false,
     };
     let Next::Probe { id, probe } = rig.handle(refresh()).next else {
         panic!("expected a probe");
