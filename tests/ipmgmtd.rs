@@ -2326,3 +2326,73 @@ fn dhcp_declines_an_address_another_host_answers_arp_for() {
     );
     assert!(rig.addr(&ours, "10.98.0.50").is_none());
 }
+
+/// busybox udhcpc on the same link and server: the same lease, and the
+/// hook hears what udhcpc's script hears.
+#[test]
+fn dhcp_gets_the_lease_udhcpc_gets_and_the_hook_hears_the_same() {
+    if !require_peer("dnsmasq") || !require_peer("busybox") {
+        return;
+    }
+    let Some(mut rig) = Rig::new("du") else {
+        return;
+    };
+    let (mut server, ours) = DhcpServer::new(&rig, "dus");
+    server.start_dnsmasq("10.98.0.50,10.98.0.60", &[]);
+    let hook_log = rig.install_hook();
+    rig.start();
+    let obj = format!("{ours}/v4");
+    rig.ok(&["create-addr", "-T", "dhcp", "-w", "30", &obj]);
+    let addr = leased(&rig.ok(&["show-addr", "-p", "-o", "addrobj,type,state,addr", &obj]));
+    // Stop without releasing: the server keeps the lease for the client.
+    rig.ok(&["delete-addr", &obj]);
+    assert!(!server.log().contains("DHCPRELEASE"));
+    let ours_bound: String = std::fs::read_to_string(&hook_log)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("bound "))
+        .expect("the hook heard bound")
+        .to_owned();
+
+    let script = rig.root().join("udhcpc.script");
+    let udhcpc_log = rig.root().join("udhcpc.log");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$1 $interface ip=$ip subnet=$subnet router=$router dns=$dns domain=$domain lease=$lease\" >> {}\n",
+            udhcpc_log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = rig.ns.exec(
+        "busybox",
+        &[
+            "udhcpc",
+            "-f",
+            "-q",
+            "-n",
+            "-t",
+            "5",
+            "-i",
+            &ours,
+            "-s",
+            &script.to_string_lossy(),
+        ],
+        T,
+    );
+    assert!(out.status.success(), "udhcpc: {}", text(&out.stderr));
+    let theirs_bound = std::fs::read_to_string(&udhcpc_log)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("bound "))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert_eq!(ours_bound, theirs_bound);
+    assert!(ours_bound.contains(&format!("ip={}", addr.trim_end_matches("/24"))));
+    let log = server.log();
+    assert!(
+        !log.to_lowercase().contains("warning"),
+        "dnsmasq warned: {log}"
+    );
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Engine, Next, Outcome};
+use super::{DhcpEffect, Engine, Next, Outcome};
 use crate::ipmgmtd::addrspec::parse_static;
 use crate::ipmgmtd::daemon::dhcp_table::DhcpTable;
 use crate::ipmgmtd::daemon::fake_kernel::FakeKernel;
@@ -21,6 +21,7 @@ use crate::ipmgmtd::request::{AddrFilter, NewAddr, Reply, Request};
 struct Rig {
     dir: PathBuf,
     kernel: FakeKernel,
+    dhcp: Arc<DhcpTable>,
     engine: Engine,
 }
 
@@ -37,10 +38,11 @@ fn rig(name: &str) -> Rig {
     std::fs::create_dir_all(&paths.run_dir).unwrap();
     std::fs::create_dir_all(&paths.etc_dir).unwrap();
     let kernel = FakeKernel::with_links(&["net0", "net1"]);
+    let dhcp = Arc::new(DhcpTable::default());
     let (engine, _) = Engine::new(
         &paths,
         Box::new(kernel.clone()),
-        Arc::new(DhcpTable::default()),
+        dhcp.clone(),
         "test".into(),
         Store::new(&paths),
         Datastore::default(),
@@ -49,6 +51,7 @@ fn rig(name: &str) -> Rig {
     Rig {
         dir,
         kernel,
+        dhcp,
         engine,
     }
 }
@@ -336,4 +339,142 @@ fn module_and_interface_properties_go_to_sysctls() {
     }));
     assert_eq!(status(&r), Some(Status::Erange));
     assert_eq!(rig.kernel.state().links[1].mtu, 1400);
+}
+
+fn create_dhcp(target: &str, wait: Option<u32>) -> Request {
+    let a = aobj(target);
+    Request::CreateAddr {
+        target: AddrObjArg {
+            ifname: a.ifname,
+            name: Some(a.name),
+        },
+        temporary: false,
+        kind: NewAddr::Dhcp {
+            wait,
+            hostname: Some("box".into()),
+        },
+    }
+}
+
+fn bound_status() -> crate::ipmgmtd::view::DhcpStatus {
+    crate::ipmgmtd::view::DhcpStatus {
+        state: "ok",
+        phase: "BOUND",
+        addr: Some((Ipv4Addr::new(10, 0, 0, 50), 24)),
+        lease: Some(120),
+        left: None,
+        server: Some(Ipv4Addr::new(10, 0, 0, 1)),
+    }
+}
+
+#[test]
+fn dhcp_objects_start_a_client_wait_for_its_lease_and_stop_it() {
+    let rig = rig("dhcp");
+    let start = Instant::now();
+    let out = rig.engine.handle(create_dhcp("net0/d", Some(30)), start);
+    assert_eq!(
+        out.effects,
+        vec![DhcpEffect::Start {
+            aobj: aobj("net0/d"),
+            ifindex: rig.kernel.index_of("net0"),
+            mac: [2, 0, 0, 0, 0, 2],
+            hostname: Some("box".into()),
+        }]
+    );
+    let Next::Poll { id, .. } = out.next else {
+        panic!("create-addr -w waits for the lease");
+    };
+    assert!(
+        rig.db()
+            .contains("_aobjname=net0/d;_dhcp=30,no;_reqhost=box;"),
+        "{}",
+        rig.db()
+    );
+    // One DHCP object an interface.
+    let again = reply(rig.handle(create_dhcp("net0/e", None)));
+    assert_eq!(status(&again), Some(Status::DhcpExists));
+    // Other clients go on while it waits; no lease yet: still waiting.
+    rig.ok(create("net1/v4", "198.51.100.1/24"));
+    assert!(matches!(
+        rig.engine.poll(id, start + Duration::from_secs(1)).next,
+        Next::Poll { .. }
+    ));
+    assert!(rig
+        .show_addr()
+        .iter()
+        .any(|(o, s, a)| o == "net0/d" && s == "tentative" && a.is_empty()));
+    // The runner reports a lease (and the address is in the kernel).
+    rig.dhcp.publish(&aobj("net0/d"), bound_status(), None);
+    let net0 = rig.kernel.index_of("net0");
+    rig.kernel
+        .state()
+        .addrs
+        .push(crate::ipmgmtd::kstate::KAddr {
+            index: net0,
+            family: crate::ipmgmtd::model::Family::Inet,
+            plen: 24,
+            flags: 0,
+            scope: 0,
+            local: "10.0.0.50".parse().unwrap(),
+            peer: None,
+            proto: 0,
+            preferred: 100,
+            valid: 100,
+            metric: None,
+        });
+    assert_eq!(
+        reply(rig.engine.poll(id, start + Duration::from_secs(2))).result,
+        Ok(())
+    );
+    assert!(rig
+        .show_addr()
+        .iter()
+        .any(|(o, s, a)| o == "net0/d" && s == "ok" && a == "10.0.0.50/24"));
+
+    let out = rig.handle(Request::RefreshAddr {
+        aobj: aobj("net0/d"),
+        inform: true,
+    });
+    assert_eq!(
+        out.effects,
+        vec![DhcpEffect::Refresh {
+            aobj: aobj("net0/d"),
+            inform: true
+        }]
+    );
+    let out = rig.handle(Request::DeleteAddr {
+        aobj: aobj("net0/d"),
+        release: true,
+    });
+    assert_eq!(
+        out.effects,
+        vec![DhcpEffect::Stop {
+            aobj: aobj("net0/d"),
+            release: true
+        }]
+    );
+    assert!(!rig.db().contains("net0/d"));
+}
+
+#[test]
+fn a_dhcp_wait_runs_out_with_illumos_timeout_and_the_object_stays() {
+    let rig = rig("dhcpwait");
+    let start = Instant::now();
+    let Next::Poll { id, .. } = rig
+        .engine
+        .handle(create_dhcp("net1/d", Some(5)), start)
+        .next
+    else {
+        panic!("no wait");
+    };
+    let r = reply(rig.engine.poll(id, start + Duration::from_secs(6)));
+    assert_eq!(status(&r), Some(Status::DhcpTimeout));
+    assert!(rig.show_addr().iter().any(|(o, _, _)| o == "net1/d"));
+    // -w 0: no wait at all.
+    rig.ok(Request::DeleteAddr {
+        aobj: aobj("net1/d"),
+        release: false,
+    });
+    let out = rig.engine.handle(create_dhcp("net1/d", Some(0)), start);
+    assert!(matches!(out.next, Next::Reply(ref r) if r.result.is_ok()));
 }
