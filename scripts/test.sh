@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-peers=(qemu-utils nbdkit libnbd-bin python3-libnbd fio chrony ntpsec-ntpdate busybox-static arping tcpdump iproute2 fdisk)
+peers=(qemu-utils nbdkit libnbd-bin python3-libnbd fio chrony ntpsec-ntpdate busybox-static arping tcpdump iproute2 fdisk
+    dnsmasq-base)
 # Packaging checks (scripts/test-dist.sh): systemd-analyze, lintian, man.
 peers+=(systemd lintian man-db)
 missing=()

@@ -12,7 +12,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use common::{require_root, run_with_timeout, toolbox, wait_until, Daemon, Netns, TempDir, Veth};
+use common::{
+    require_root, run_with_timeout, toolbox, wait_until, Bridge, Daemon, Netns, TempDir, Veth,
+};
 use toolbox::ipmgmtd::{request::Reply, wire};
 
 const T: Duration = Duration::from_secs(30);
@@ -1124,6 +1126,71 @@ fn refresh_addr_detects_duplicates_on_the_link_for_v4_and_v6() {
     assert_eq!(rows, format!("{ours}/v4:ok\n{ours}/v6:ok\n"));
 }
 
+/// Twenty clients at once; one adds an IPv6 address whose DAD takes
+/// seconds. The daemon waits for DAD on a timer, not under its lock: the
+/// nineteen others are answered while that one still waits, and it is
+/// answered once the address is no longer tentative.
+#[test]
+fn twenty_concurrent_create_addr_do_not_wait_for_one_in_dad() {
+    let Some(mut rig) = Rig::new("cc") else {
+        return;
+    };
+    rig.veth("slow0", "slow0p", 1);
+    rig.veth("fast0", "fast0p", 2);
+    rig.write_sysctl("net/ipv6/conf/slow0/accept_dad", "1");
+    rig.write_sysctl("net/ipv6/conf/slow0/dad_transmits", "2");
+    rig.write_sysctl("net/ipv6/neigh/slow0/retrans_time_ms", "1000");
+    rig.start();
+    let barrier = std::sync::Barrier::new(20);
+    let start = Instant::now();
+    // (client, answered after, succeeded, address still tentative then)
+    type Finished = (usize, Duration, bool, Option<bool>);
+    let done: Mutex<Vec<Finished>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for i in 0..20 {
+            let (rig, barrier, done) = (&rig, &barrier, &done);
+            scope.spawn(move || {
+                let (spec, target) = if i == 0 {
+                    ("2001:db8:cc::1/64".to_owned(), "slow0/v6".to_owned())
+                } else {
+                    (format!("10.77.0.{i}/24"), format!("fast0/a{i}"))
+                };
+                barrier.wait();
+                let out = rig.ipadm(&["create-addr", "-T", "static", "-a", &spec, &target]);
+                let took = start.elapsed();
+                let tentative = (i == 0).then(|| {
+                    rig.addr("slow0", "2001:db8:cc::1")
+                        .is_some_and(|a| a.is_true("tentative"))
+                });
+                done.lock()
+                    .unwrap()
+                    .push((i, took, out.status.success(), tentative));
+            });
+        }
+    });
+    let done = done.into_inner().unwrap();
+    assert!(done.iter().all(|d| d.2), "a create-addr failed: {done:?}");
+    let slow = done.iter().find(|d| d.0 == 0).unwrap();
+    assert_eq!(slow.3, Some(false), "answered while still tentative");
+    let slowest_other = done.iter().filter(|d| d.0 != 0).map(|d| d.1).max().unwrap();
+    eprintln!(
+        "create-addr latencies: DAD one {:?}, the other 19 within {:?}",
+        slow.1, slowest_other
+    );
+    assert!(
+        done.iter().filter(|d| d.0 != 0).all(|d| d.1 < slow.1),
+        "others waited for the DAD one: {done:?}"
+    );
+    let rows = rig.ok(&["show-addr", "-p", "-o", "addrobj,state"]);
+    let ours: Vec<&str> = rows
+        .lines()
+        .filter(|l| l.starts_with("slow0/") || l.starts_with("fast0/"))
+        .collect();
+    assert_eq!(ours.len(), 20, "{rows}");
+    assert!(ours.iter().all(|l| l.ends_with(":ok")), "{rows}");
+    assert_eq!(rig.addr_list("fast0").len(), 19);
+}
+
 #[test]
 fn persistent_configuration_comes_back_in_a_fresh_namespace_and_temporary_does_not() {
     let Some(mut rig) = Rig::new("pe") else {
@@ -1947,4 +2014,385 @@ fn older_datastores_are_upgraded_and_unparsable_lines_kept() {
     assert_eq!(rig.addr_list("net0"), ["10.1.0.1/24"]);
     rig.ok(&["set-prop", "-p", "ecn=active", "tcp"]);
     assert!(rig.db().contains("\nthis line is garbage\n"));
+}
+
+/// A peer program the test needs: missing, it skips, or fails under CI.
+fn require_peer(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool} >/dev/null"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{tool} is not installed (scripts/test.sh installs it)"
+        );
+        eprintln!("skipping: {tool} is not installed (scripts/test.sh installs it)");
+    }
+    found
+}
+
+/// A DHCP server namespace behind a bridge: `dnsmasq` on it, leases and
+/// its --log-dhcp output in the rig's root.
+struct DhcpServer {
+    ns: Netns,
+    bridge: Bridge,
+    _links: Vec<Veth>,
+    daemon: Option<Daemon>,
+    dir: PathBuf,
+}
+
+impl DhcpServer {
+    fn new(rig: &Rig, prefix: &str) -> (DhcpServer, String) {
+        let ns = Netns::new(prefix);
+        let bridge = Bridge::new(&ns);
+        let veth = Veth::new(&rig.ns, &ns);
+        bridge.attach(&veth.b);
+        ns.ip(&["addr", "add", "10.98.0.1/24", "dev", &bridge.name]);
+        let ours = veth.a.clone();
+        let dir = rig.root().join(format!("server-{prefix}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        (
+            DhcpServer {
+                ns,
+                bridge,
+                _links: vec![veth],
+                daemon: None,
+                dir,
+            },
+            ours,
+        )
+    }
+
+    /// Another host on the link, holding `addr`.
+    fn add_host(&mut self, addr: &str) {
+        let host = Netns::new("dhh");
+        let veth = Veth::new(&host, &self.ns);
+        self.bridge.attach(&veth.b);
+        host.ip(&["addr", "add", addr, "dev", &veth.a]);
+        self._links.push(veth);
+        // The namespace goes with the veth's peer; keep it alive.
+        std::mem::forget(host);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dnsmasq.log")).unwrap_or_default()
+    }
+
+    fn leases(&self) -> String {
+        std::fs::read_to_string(self.dir.join("leases")).unwrap_or_default()
+    }
+
+    /// dnsmasq with a 2-minute lease (its minimum), T1 6 s and T2 9 s so
+    /// that renewing and rebinding happen within the test.
+    fn start_dnsmasq(&mut self, range: &str, extra: &[&str]) {
+        let mut cmd = self.ns.command("dnsmasq");
+        cmd.args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--user=root",
+            "--bind-interfaces",
+            "--dhcp-authoritative",
+            "--log-dhcp",
+            "--dhcp-option=option:T1,6",
+            "--dhcp-option=option:T2,9",
+            "--dhcp-option=option:dns-server,10.98.0.2",
+            "--dhcp-option=option:domain-name,test.lan",
+        ])
+        .arg(format!("--interface={}", self.bridge.name))
+        .arg(format!("--dhcp-range={range},255.255.255.0,2m"))
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            self.dir.join("leases").display()
+        ))
+        .arg(format!("--pid-file={}", self.dir.join("pid").display()))
+        .arg(format!(
+            "--log-facility={}",
+            self.dir.join("dnsmasq.log").display()
+        ))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        self.daemon = Some(Daemon::spawn(cmd));
+        let log = self.dir.join("dnsmasq.log");
+        wait_until(SHORT, || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("DHCP, IP range"))
+        })
+        .expect("dnsmasq did not start");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.terminate();
+            d.wait_timeout(SHORT);
+        }
+    }
+}
+
+impl Drop for DhcpServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+impl Rig {
+    /// A hook that logs what it hears, one line a call.
+    fn install_hook(&self) -> PathBuf {
+        let log = self.root().join("hook.log");
+        let hook = self.root().join("etc/ipadm/dhcp-hook");
+        std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+        std::fs::write(
+            &hook,
+            format!(
+                "#!/bin/sh\necho \"$1 $interface ip=$ip subnet=$subnet router=$router dns=$dns domain=$domain lease=$lease\" >> {}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        log
+    }
+
+    /// `show-addr -p -o FIELDS OBJ`, once it satisfies `ready` (bounded).
+    fn wait_addr(&self, obj: &str, fields: &str, ready: impl Fn(&str) -> bool) -> String {
+        let mut last = String::new();
+        let found = wait_until(T, || {
+            last = text(&self.ipadm(&["show-addr", "-p", "-o", fields, obj]).stdout);
+            ready(&last) || {
+                std::thread::sleep(Duration::from_millis(200));
+                false
+            }
+        });
+        assert!(found.is_some(), "{obj} never became ready: {last}");
+        last
+    }
+}
+
+/// The leased address of `line` (`OBJ:dhcp:ok:ADDR/PLEN`).
+fn leased(line: &str) -> String {
+    line.trim().rsplit(':').next().unwrap_or("").to_owned()
+}
+
+#[test]
+fn dhcp_lease_from_dnsmasq_renewed_nak_kept_across_kill_9_and_released() {
+    if !require_peer("dnsmasq") {
+        return;
+    }
+    let Some(mut rig) = Rig::new("dh") else {
+        return;
+    };
+    let (mut server, ours) = DhcpServer::new(&rig, "dhs");
+    server.start_dnsmasq("10.98.0.50,10.98.0.60", &[]);
+    let hook_log = rig.install_hook();
+    rig.start();
+    let obj = format!("{ours}/v4");
+    rig.ok(&[
+        "create-addr",
+        "-T",
+        "dhcp",
+        "-w",
+        "30",
+        "-h",
+        "tbhost",
+        &obj,
+    ]);
+    let row = rig.ok(&["show-addr", "-p", "-o", "addrobj,type,state,addr", &obj]);
+    let addr = leased(&row);
+    assert!(
+        addr.starts_with("10.98.0.") && addr.ends_with("/24"),
+        "{row}"
+    );
+    assert_eq!(row, format!("{obj}:dhcp:ok:{addr}\n"));
+    let local = addr.trim_end_matches("/24");
+    let k = rig.addr(&ours, local).expect("the lease in the kernel");
+    assert!(k
+        .get("valid_life_time")
+        .and_then(Json::as_u64)
+        .is_some_and(|v| v <= 120));
+    assert!(server.leases().contains(&format!("{local} * ")) || server.leases().contains("tbhost"));
+    assert!(server.leases().contains("tbhost"), "{}", server.leases());
+    assert!(rig
+        .db()
+        .contains(&format!("_aobjname={obj};_dhcp=30,no;_reqhost=tbhost;")));
+    let hook = std::fs::read_to_string(&hook_log).unwrap_or_default();
+    assert!(
+        hook.contains(&format!(
+            "bound {ours} ip={local} subnet=255.255.255.0 router=10.98.0.1 dns=10.98.0.2 domain=test.lan lease=120"
+        )),
+        "{hook}"
+    );
+    let lease_cols = rig.ok(&["show-addr", "-p", "-o", "lease,server,dhcpstate", &obj]);
+    assert!(lease_cols.starts_with("120:10.98.0.1:"), "{lease_cols}");
+
+    // T1 (6 s): renewed by unicast.
+    let acks = count(
+        &server.log(),
+        &format!("DHCPACK({}) {local}", server.bridge.name),
+    );
+    wait_until(T, || {
+        count(
+            &server.log(),
+            &format!("DHCPACK({}) {local}", server.bridge.name),
+        ) > acks
+    })
+    .expect("no renewal");
+    wait_until(SHORT, || {
+        std::fs::read_to_string(&hook_log)
+            .is_ok_and(|h| h.contains(&format!("renew {ours} ip={local}")))
+    })
+    .expect("the hook heard no renew");
+
+    // The server restarts with another range: the next renewal is NAKed
+    // and the client starts over in the new range.
+    let old_local = local.to_owned();
+    server.stop();
+    server.start_dnsmasq("10.98.0.100,10.98.0.110", &[]);
+    let row = rig.wait_addr(&obj, "addrobj,state,addr", |r| r.contains(":ok:10.98.0.1"));
+    let addr = leased(&row);
+    let local = addr.trim_end_matches("/24").to_owned();
+    assert!(server.log().contains("DHCPNAK"), "{}", server.log());
+    assert!(rig.addr(&ours, &old_local).is_none());
+    let hook = std::fs::read_to_string(&hook_log).unwrap_or_default();
+    assert!(hook.contains(&format!("nak {ours}")), "{hook}");
+
+    // kill -9 with the lease held: the address stays in the kernel and a
+    // new daemon asks for it again (INIT-REBOOT: a REQUEST, no DISCOVER).
+    let discovers = count(&server.log(), "DHCPDISCOVER");
+    let requests = count(&server.log(), "DHCPREQUEST");
+    rig.kill9();
+    assert!(rig.addr(&ours, &local).is_some());
+    rig.start();
+    wait_until(T, || count(&server.log(), "DHCPREQUEST") > requests).expect("no REQUEST");
+    let row = rig.wait_addr(&obj, "addrobj,state,addr", |r| r.contains(":ok:"));
+    assert_eq!(leased(&row), addr, "a new address after restart");
+    assert_eq!(
+        count(&server.log(), "DHCPDISCOVER"),
+        discovers,
+        "{}",
+        server.log()
+    );
+
+    // delete-addr -r gives the lease back.
+    rig.ok(&["delete-addr", "-r", &obj]);
+    assert!(rig.addr(&ours, &local).is_none());
+    wait_until(SHORT, || {
+        server
+            .log()
+            .contains(&format!("DHCPRELEASE({}) {local}", server.bridge.name))
+    })
+    .expect("no RELEASE");
+    wait_until(SHORT, || !server.leases().contains(&local)).expect("lease still on the server");
+    assert!(!rig.db().contains(&obj));
+    let log = server.log();
+    assert!(
+        !log.to_lowercase().contains("warning"),
+        "dnsmasq warned: {log}"
+    );
+}
+
+#[test]
+fn dhcp_declines_an_address_another_host_answers_arp_for() {
+    if !require_peer("dnsmasq") {
+        return;
+    }
+    let Some(mut rig) = Rig::new("dd") else {
+        return;
+    };
+    let (mut server, ours) = DhcpServer::new(&rig, "dds");
+    server.add_host("10.98.0.50/24");
+    // Without its ping check, dnsmasq offers the address in use (its only one).
+    server.start_dnsmasq("10.98.0.50,10.98.0.50", &["--no-ping"]);
+    rig.start();
+    let obj = format!("{ours}/v4");
+    assert_eq!(
+        rig.err(&["create-addr", "-T", "dhcp", "-w", "8", &obj]),
+        "ipadm: Could not create address: Communication with dhcpagent timed out\n"
+    );
+    let row = rig.ok(&["show-addr", "-p", "-o", "addrobj,type,state", &obj]);
+    assert_eq!(row, format!("{obj}:dhcp:tentative\n"));
+    assert!(
+        server
+            .log()
+            .contains(&format!("DHCPDECLINE({}) 10.98.0.50", server.bridge.name)),
+        "{}",
+        server.log()
+    );
+    assert!(rig.addr(&ours, "10.98.0.50").is_none());
+}
+
+/// busybox udhcpc on the same link and server: the same lease, and the
+/// hook hears what udhcpc's script hears.
+#[test]
+fn dhcp_gets_the_lease_udhcpc_gets_and_the_hook_hears_the_same() {
+    if !require_peer("dnsmasq") || !require_peer("busybox") {
+        return;
+    }
+    let Some(mut rig) = Rig::new("du") else {
+        return;
+    };
+    let (mut server, ours) = DhcpServer::new(&rig, "dus");
+    server.start_dnsmasq("10.98.0.50,10.98.0.60", &[]);
+    let hook_log = rig.install_hook();
+    rig.start();
+    let obj = format!("{ours}/v4");
+    rig.ok(&["create-addr", "-T", "dhcp", "-w", "30", &obj]);
+    let addr = leased(&rig.ok(&["show-addr", "-p", "-o", "addrobj,type,state,addr", &obj]));
+    // Stop without releasing: the server keeps the lease for the client.
+    rig.ok(&["delete-addr", &obj]);
+    assert!(!server.log().contains("DHCPRELEASE"));
+    let ours_bound: String = std::fs::read_to_string(&hook_log)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("bound "))
+        .expect("the hook heard bound")
+        .to_owned();
+
+    let script = rig.root().join("udhcpc.script");
+    let udhcpc_log = rig.root().join("udhcpc.log");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$1 $interface ip=$ip subnet=$subnet router=$router dns=$dns domain=$domain lease=$lease\" >> {}\n",
+            udhcpc_log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = rig.ns.exec(
+        "busybox",
+        &[
+            "udhcpc",
+            "-f",
+            "-q",
+            "-n",
+            "-t",
+            "5",
+            "-i",
+            &ours,
+            "-s",
+            &script.to_string_lossy(),
+        ],
+        T,
+    );
+    assert!(out.status.success(), "udhcpc: {}", text(&out.stderr));
+    let theirs_bound = std::fs::read_to_string(&udhcpc_log)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("bound "))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert_eq!(ours_bound, theirs_bound);
+    assert!(ours_bound.contains(&format!("ip={}", addr.trim_end_matches("/24"))));
+    let log = server.log();
+    assert!(
+        !log.to_lowercase().contains("warning"),
+        "dnsmasq warned: {log}"
+    );
 }

@@ -53,6 +53,11 @@ pub enum MapAddr {
     },
     /// Names the kernel's autoconfigured IPv6 addresses on the interface.
     Addrconf,
+    /// An IPv4 address our DHCP client leases; the lease itself lives
+    /// with the client (and in its lease file).
+    Dhcp {
+        hostname: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +72,7 @@ impl AddrEntry {
         match &self.kind {
             MapAddr::Static { addr, .. } => addr.family(),
             MapAddr::Addrconf => Family::Inet6,
+            MapAddr::Dhcp { .. } => Family::Inet,
         }
     }
 
@@ -74,13 +80,14 @@ impl AddrEntry {
         match self.kind {
             MapAddr::Static { .. } => AddrType::Static,
             MapAddr::Addrconf => AddrType::Addrconf,
+            MapAddr::Dhcp { .. } => AddrType::Dhcp,
         }
     }
 
     pub fn static_addr(&self) -> Option<&StaticAddr> {
         match &self.kind {
             MapAddr::Static { addr, .. } => Some(addr),
-            MapAddr::Addrconf => None,
+            MapAddr::Addrconf | MapAddr::Dhcp { .. } => None,
         }
     }
 }
@@ -175,6 +182,12 @@ impl AobjMap {
             .map(|e| &e.aobj)
     }
 
+    pub fn dhcp_on(&self, ifname: &str) -> Option<&AddrEntry> {
+        self.addrs
+            .iter()
+            .find(|e| e.aobj.ifname == ifname && matches!(e.kind, MapAddr::Dhcp { .. }))
+    }
+
     pub fn addrconf_on(&self, ifname: &str) -> Option<&AddrEntry> {
         self.addrs
             .iter()
@@ -250,6 +263,9 @@ impl AobjMap {
                 }
                 pairs.push(pair("_deprecated", yes_no(*deprecated)));
             }
+            if let MapAddr::Dhcp { hostname: Some(h) } = &e.kind {
+                pairs.push(pair("_reqhost", h));
+            }
             out.push_str(&dbformat::format_line(&pairs));
             out.push('\n');
         }
@@ -290,6 +306,11 @@ impl AobjMap {
                 .ok_or("bad _state")?;
             let kind = match get("_type") {
                 Some("addrconf") => MapAddr::Addrconf,
+                Some("dhcp") => MapAddr::Dhcp {
+                    hostname: get("_reqhost")
+                        .filter(|h| crate::ipmgmtd::names::valid_hostname(h))
+                        .map(str::to_owned),
+                },
                 Some("static") => {
                     let (local, plen) = addrspec::parse_prefixed(get("_addr").unwrap_or(""))
                         .map_err(|e| e.to_string())?;
@@ -368,6 +389,8 @@ impl AobjMap {
                     .addrs_on(ifname)
                     .any(|a| a.addr_type() == AddrType::Addrconf)
                     .then_some(MapAddr::Addrconf),
+                // A lease is taken again by `ipadm init` (or enable-addr).
+                PersistAddr::Dhcp { .. } => None,
             };
             if let Some(kind) = adopted {
                 notes.push(format!(

@@ -31,6 +31,12 @@ pub enum PersistAddr {
         deprecated: bool,
     },
     Addrconf,
+    /// `-T dhcp`: illumos' `_dhcp=WAIT,PRIMARY` (-1: forever) and
+    /// `_reqhost`.
+    Dhcp {
+        wait: Option<u32>,
+        hostname: Option<String>,
+    },
 }
 
 impl AddrRecord {
@@ -38,6 +44,7 @@ impl AddrRecord {
         match &self.kind {
             PersistAddr::Static { addr, .. } => addr.family(),
             PersistAddr::Addrconf => Family::Inet6,
+            PersistAddr::Dhcp { .. } => Family::Inet,
         }
     }
 }
@@ -400,6 +407,8 @@ const ADDRESS_KEYS: &[&str] = &[
     "_ipv4addr",
     "_ipv6addr",
     "_intfid",
+    "_dhcp",
+    "_reqhost",
     "prefixlen",
     "up",
     "deprecated",
@@ -508,8 +517,19 @@ fn parse_address(pairs: &Pairs) -> Result<PersistAddr, String> {
             if get("_intfid").is_some() {
                 return Ok(PersistAddr::Addrconf);
             }
-            if get("_dhcp").is_some() {
-                return Err("DHCP addresses are not supported".into());
+            if let Some(dhcp) = get("_dhcp") {
+                let wait = dhcp.split(',').next().unwrap_or("");
+                let wait = match wait.parse::<i64>() {
+                    Ok(-1) => None,
+                    Ok(w) if (0..=i64::from(u32::MAX)).contains(&w) => Some(w as u32),
+                    _ => return Err(format!("bad _dhcp '{dhcp}'")),
+                };
+                let hostname = match get("_reqhost") {
+                    Some(h) if crate::ipmgmtd::names::valid_hostname(h) => Some(h.to_owned()),
+                    Some(h) => return Err(format!("bad _reqhost '{h}'")),
+                    None => None,
+                };
+                return Ok(PersistAddr::Dhcp { wait, hostname });
             }
             return Err("address entry without an address".into());
         }
@@ -596,6 +616,13 @@ fn format_record(record: &Record) -> String {
                     }
                 }
                 PersistAddr::Addrconf => pairs.push(pair("_intfid", "::")),
+                PersistAddr::Dhcp { wait, hostname } => {
+                    let wait = wait.map_or_else(|| "-1".to_owned(), |w| w.to_string());
+                    pairs.push(pair("_dhcp", format!("{wait},no")));
+                    if let Some(h) = hostname {
+                        pairs.push(pair("_reqhost", h.as_str()));
+                    }
+                }
             }
         }
         Body::IfProp {
@@ -670,7 +697,7 @@ mod tests {
             garbage here\n\
             _ifname=eth0;_aobjname=eth1/v4;_ipv4addr=10.0.0.1,;\n\
             _ifname=eth0;_aobjname=eth0/x;_ipv4addr=300.0.0.1,;\n\
-            _ifname=eth0;_aobjname=eth0/d;_dhcp=-1,no;\n\
+            _ifname=eth0;_aobjname=eth0/d;_dhcp=soon,no;\n\
             _protocol=sctp;x=1;\n\
             # a comment\n";
         let mut bytes = text.as_bytes().to_vec();
@@ -678,7 +705,7 @@ mod tests {
         let loaded = Datastore::parse(&bytes).unwrap();
         let numbers: Vec<usize> = loaded.bad_lines.iter().map(|b| b.number).collect();
         assert_eq!(numbers, vec![3, 4, 5, 6, 7, 9]);
-        assert!(loaded.bad_lines[3].reason.contains("DHCP"));
+        assert!(loaded.bad_lines[3].reason.contains("_dhcp"));
         assert_eq!(loaded.store.unparsed_lines(), 6);
         assert_eq!(loaded.store.serialize(), bytes);
         // Changes elsewhere keep them.
@@ -687,6 +714,38 @@ mod tests {
         let out = store.serialize();
         assert!(out.starts_with(&bytes));
         assert!(out.ends_with(b"_protocol=tcp;sack=never;\n"));
+    }
+
+    #[test]
+    fn dhcp_records_use_illumos_keys() {
+        let text = "# ipadm.conf version=2\n\
+            _ifname=eth0;_aobjname=eth0/d;_dhcp=-1,no;\n\
+            _ifname=eth1;_aobjname=eth1/d;_dhcp=30,no;_reqhost=box.lan;\n";
+        let loaded = load(text);
+        assert!(loaded.bad_lines.is_empty(), "{:?}", loaded.bad_lines);
+        let d = |n: &str| {
+            loaded
+                .store
+                .address(&AddrObj::parse(n).unwrap())
+                .unwrap()
+                .kind
+                .clone()
+        };
+        assert_eq!(
+            d("eth0/d"),
+            PersistAddr::Dhcp {
+                wait: None,
+                hostname: None
+            }
+        );
+        assert_eq!(
+            d("eth1/d"),
+            PersistAddr::Dhcp {
+                wait: Some(30),
+                hostname: Some("box.lan".into())
+            }
+        );
+        assert_eq!(String::from_utf8(loaded.store.serialize()).unwrap(), text);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod client;
 pub mod daemon;
 pub mod datastore;
 pub mod dbformat;
+pub mod dhcp;
 pub mod kstate;
 pub mod model;
 pub mod names;

@@ -107,12 +107,13 @@ impl Proto {
     }
 }
 
-/// How an address came to be: configured by hand or by the kernel's IPv6
-/// autoconfiguration.
+/// How an address came to be: configured by hand, by the kernel's IPv6
+/// autoconfiguration, or leased by our DHCP client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddrType {
     Static,
     Addrconf,
+    Dhcp,
 }
 
 impl AddrType {
@@ -120,6 +121,7 @@ impl AddrType {
         match self {
             AddrType::Static => "static",
             AddrType::Addrconf => "addrconf",
+            AddrType::Dhcp => "dhcp",
         }
     }
 
@@ -127,6 +129,7 @@ impl AddrType {
         match text {
             "static" => Some(AddrType::Static),
             "addrconf" => Some(AddrType::Addrconf),
+            "dhcp" => Some(AddrType::Dhcp),
             _ => None,
         }
     }
@@ -160,9 +163,11 @@ pub enum Status {
     NoPending = 22,
     NoMemory = 23,
     AddrconfExists = 24,
+    DhcpTimeout = 25,
+    DhcpExists = 26,
 }
 
-const ALL_STATUSES: [Status; 24] = [
+const ALL_STATUSES: [Status; 26] = [
     Status::Failure,
     Status::Perm,
     Status::BadAddr,
@@ -187,6 +192,8 @@ const ALL_STATUSES: [Status; 24] = [
     Status::NoPending,
     Status::NoMemory,
     Status::AddrconfExists,
+    Status::DhcpTimeout,
+    Status::DhcpExists,
 ];
 
 impl Status {
@@ -224,6 +231,8 @@ impl Status {
             Status::NoPending => "No change is waiting for confirmation",
             Status::NoMemory => "Insufficient memory",
             Status::AddrconfExists => "Addrconf already in progress",
+            Status::DhcpTimeout => "Communication with dhcpagent timed out",
+            Status::DhcpExists => "DHCP is already running on the interface",
         }
     }
 

@@ -126,6 +126,21 @@ pub fn first_free_name(taken: impl Fn(&str) -> bool) -> String {
         .unwrap_or_else(|| "_overflow".to_owned())
 }
 
+/// A hostname for DHCP option 12 (RFC 1123 labels, at most 255 bytes).
+pub fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,8 +16,17 @@ pub enum AddrFilter {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NewAddr {
-    Static { addr: StaticAddr, down: bool },
+    Static {
+        addr: StaticAddr,
+        down: bool,
+    },
     Addrconf,
+    /// `-T dhcp`: wait this many seconds for a lease (None: forever),
+    /// asking for `hostname` (option 12).
+    Dhcp {
+        wait: Option<u32>,
+        hostname: Option<String>,
+    },
 }
 
 /// `prop=value`, `prop+=value`, `prop-=value`.
@@ -53,6 +62,8 @@ pub enum Request {
     },
     DeleteAddr {
         aobj: AddrObj,
+        /// `-r`: a DHCP lease is given back (RELEASE).
+        release: bool,
     },
     UpAddr {
         aobj: AddrObj,
@@ -70,6 +81,8 @@ pub enum Request {
     },
     RefreshAddr {
         aobj: AddrObj,
+        /// `-i`: DHCP parameters only (INFORM).
+        inform: bool,
     },
     ShowAddr {
         filter: AddrFilter,
@@ -192,12 +205,27 @@ impl Request {
                         r.flag("down", *down);
                     }
                     NewAddr::Addrconf => r.put("type", "addrconf"),
+                    NewAddr::Dhcp { wait, hostname } => {
+                        r.put("type", "dhcp");
+                        r.put(
+                            "wait",
+                            &wait.map_or_else(|| "forever".to_owned(), |w| w.to_string()),
+                        );
+                        r.opt("hostname", hostname.as_deref());
+                    }
                 }
             }
-            Request::DeleteAddr { aobj }
-            | Request::EnableAddr { aobj }
-            | Request::DisableAddr { aobj }
-            | Request::RefreshAddr { aobj } => r.put("aobj", &aobj.to_string()),
+            Request::DeleteAddr { aobj, release } => {
+                r.put("aobj", &aobj.to_string());
+                r.flag("release", *release);
+            }
+            Request::RefreshAddr { aobj, inform } => {
+                r.put("aobj", &aobj.to_string());
+                r.flag("inform", *inform);
+            }
+            Request::EnableAddr { aobj } | Request::DisableAddr { aobj } => {
+                r.put("aobj", &aobj.to_string())
+            }
             Request::UpAddr { aobj, temporary } | Request::DownAddr { aobj, temporary } => {
                 r.put("aobj", &aobj.to_string());
                 r.flag("temporary", *temporary);
@@ -330,6 +358,19 @@ impl Request {
                         }
                     }
                     "addrconf" => NewAddr::Addrconf,
+                    "dhcp" => NewAddr::Dhcp {
+                        wait: match f.get("wait")? {
+                            "forever" => None,
+                            w => Some(w.parse().map_err(|_| malformed("bad 'wait'"))?),
+                        },
+                        hostname: match f.opt("hostname") {
+                            Some(h) if crate::ipmgmtd::names::valid_hostname(h) => {
+                                Some(h.to_owned())
+                            }
+                            Some(h) => return Err(Error::with(Status::InvalidArg, h.to_owned())),
+                            None => None,
+                        },
+                    },
                     other => return Err(Error::with(Status::InvalidArg, format!("type {other}"))),
                 };
                 Request::CreateAddr {
@@ -338,10 +379,16 @@ impl Request {
                     kind,
                 }
             }
-            "delete-addr" => Request::DeleteAddr { aobj: f.aobj()? },
+            "delete-addr" => Request::DeleteAddr {
+                aobj: f.aobj()?,
+                release: f.flag("release")?,
+            },
             "enable-addr" => Request::EnableAddr { aobj: f.aobj()? },
             "disable-addr" => Request::DisableAddr { aobj: f.aobj()? },
-            "refresh-addr" => Request::RefreshAddr { aobj: f.aobj()? },
+            "refresh-addr" => Request::RefreshAddr {
+                aobj: f.aobj()?,
+                inform: f.flag("inform")?,
+            },
             "up-addr" => Request::UpAddr {
                 aobj: f.aobj()?,
                 temporary: f.flag("temporary")?,
@@ -766,12 +813,33 @@ mod tests {
                 value: Some("16".into()),
                 temporary: false,
             },
+            Request::CreateAddr {
+                target: AddrObjArg::parse("eth0/d").unwrap(),
+                temporary: false,
+                kind: NewAddr::Dhcp {
+                    wait: Some(30),
+                    hostname: Some("box".into()),
+                },
+            },
+            Request::CreateAddr {
+                target: AddrObjArg::parse("eth0").unwrap(),
+                temporary: true,
+                kind: NewAddr::Dhcp {
+                    wait: None,
+                    hostname: None,
+                },
+            },
+            Request::RefreshAddr {
+                aobj: aobj("eth0/d"),
+                inform: true,
+            },
             Request::Init,
             Request::Confirm,
             Request::Try {
                 seconds: 30,
                 change: Box::new(Request::DeleteAddr {
                     aobj: aobj("eth0/v4"),
+                    release: true,
                 }),
             },
         ]
@@ -834,7 +902,7 @@ mod tests {
                 Status::BadAddr,
             ),
             (
-                &[("op", "create-addr"), ("ifname", "e"), ("type", "dhcp")],
+                &[("op", "create-addr"), ("ifname", "e"), ("type", "bootp")],
                 Status::InvalidArg,
             ),
             (

@@ -2,7 +2,8 @@
 //! the address-object map and the datastore. Values are raw: an empty one
 //! is printed as `--` by the client.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
 
 use super::aobjmap::{AddrState, AobjMap, MapAddr};
 use super::datastore::{Datastore, PersistAddr};
@@ -13,6 +14,23 @@ use super::kstate::{
 use super::model::{AddrType, Family};
 use super::names::AddrObj;
 use super::wire::Record;
+
+/// What the DHCP client of an address object reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DhcpStatus {
+    /// ok, tentative or disabled.
+    pub state: &'static str,
+    /// The RFC's name of the client's state (BOUND, RENEWING, ...).
+    pub phase: &'static str,
+    pub addr: Option<(Ipv4Addr, u8)>,
+    /// Seconds granted (u32::MAX: infinite) and left.
+    pub lease: Option<u32>,
+    pub left: Option<u64>,
+    pub server: Option<Ipv4Addr>,
+}
+
+/// The DHCP clients running, by address object.
+pub type DhcpView = HashMap<AddrObj, DhcpStatus>;
 
 /// One `show-addr` line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,18 +43,42 @@ pub struct AddrRow {
     pub current: String,
     pub persistent: String,
     pub addr: String,
+    /// For DHCP addresses: the lease's columns.
+    pub dhcp: Option<DhcpStatus>,
+}
+
+fn lease_text(seconds: Option<u64>) -> String {
+    match seconds {
+        None => String::new(),
+        Some(s) if s == u64::from(u32::MAX) => "infinite".into(),
+        Some(s) => s.to_string(),
+    }
 }
 
 impl AddrRow {
     pub fn to_record(&self) -> Record {
-        vec![
+        let mut r: Record = vec![
             ("ADDROBJ".into(), self.addrobj.clone()),
             ("TYPE".into(), self.atype.into()),
             ("STATE".into(), self.state.into()),
             ("CURRENT".into(), self.current.clone()),
             ("PERSISTENT".into(), self.persistent.clone()),
             ("ADDR".into(), self.addr.clone()),
-        ]
+        ];
+        let d = self.dhcp.as_ref();
+        r.push((
+            "LEASE".into(),
+            lease_text(d.and_then(|d| d.lease).map(u64::from)),
+        ));
+        r.push(("EXPIRES".into(), lease_text(d.and_then(|d| d.left))));
+        r.push((
+            "SERVER".into(),
+            d.and_then(|d| d.server)
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        ));
+        r.push(("DHCPSTATE".into(), d.map_or("", |d| d.phase).into()));
+        r
     }
 }
 
@@ -54,7 +96,9 @@ fn persistent_flags(db: &Datastore, aobj: &AddrObj) -> String {
         Some(PersistAddr::Static { up, deprecated, .. }) => {
             flag_string(&[('U', *up), ('p', false), ('d', *deprecated)])
         }
-        Some(PersistAddr::Addrconf) => flag_string(&[('U', true), ('p', false), ('d', false)]),
+        Some(PersistAddr::Addrconf | PersistAddr::Dhcp { .. }) => {
+            flag_string(&[('U', true), ('p', false), ('d', false)])
+        }
     }
 }
 
@@ -79,7 +123,12 @@ fn kernel_addr_text(addr: &KAddr) -> String {
 
 /// Every address row, interface by interface (kernel order: IPv4, then
 /// IPv6), each interface's addresses not in the kernel after its others.
-pub fn addr_rows(kernel: &KernelView, map: &AobjMap, db: &Datastore) -> Vec<AddrRow> {
+pub fn addr_rows(
+    kernel: &KernelView,
+    map: &AobjMap,
+    db: &Datastore,
+    dhcp: &DhcpView,
+) -> Vec<AddrRow> {
     let mut rows = Vec::new();
     let mut links: Vec<&Link> = kernel.links.iter().collect();
     links.sort_by_key(|l| l.index);
@@ -113,10 +162,25 @@ pub fn addr_rows(kernel: &KernelView, map: &AobjMap, db: &Datastore) -> Vec<Addr
         if let Some(link) = kernel.link(ifname) {
             for family in [Family::Inet, Family::Inet6] {
                 for a in kernel.addrs_on(ifname).filter(|a| a.family == family) {
-                    let name = match a.addr_type() {
-                        AddrType::Static => map.static_name(ifname, &a.as_static()).cloned(),
-                        AddrType::Addrconf => map.addrconf_on(ifname).map(|e| e.aobj.clone()),
+                    // An address a DHCP client of ours leased.
+                    let leased = map.addrs_on(ifname).find(|e| {
+                        matches!(e.kind, MapAddr::Dhcp { .. })
+                            && dhcp
+                                .get(&e.aobj)
+                                .and_then(|d| d.addr)
+                                .is_some_and(|(l, p)| {
+                                    IpAddr::V4(l) == a.local && p == a.plen && a.peer.is_none()
+                                })
+                    });
+                    let (name, atype) = match (leased, a.addr_type()) {
+                        (Some(e), _) => (Some(e.aobj.clone()), AddrType::Dhcp),
+                        (None, AddrType::Addrconf) => (
+                            map.addrconf_on(ifname).map(|e| e.aobj.clone()),
+                            AddrType::Addrconf,
+                        ),
+                        (None, t) => (map.static_name(ifname, &a.as_static()).cloned(), t),
                     };
+                    let lease = name.as_ref().and_then(|n| dhcp.get(n)).cloned();
                     let is_v6 = a.family == Family::Inet6;
                     let current = flag_string(&[
                         ('U', !a.has(IFA_F_DADFAILED)),
@@ -135,11 +199,12 @@ pub fn addr_rows(kernel: &KernelView, map: &AobjMap, db: &Datastore) -> Vec<Addr
                     rows.push(AddrRow {
                         ifname: ifname.clone(),
                         addrobj,
-                        atype: a.addr_type().name(),
+                        atype: atype.name(),
                         state: kernel_state(a, link),
                         current,
                         persistent,
                         addr: kernel_addr_text(a),
+                        dhcp: lease.filter(|_| atype == AddrType::Dhcp),
                     });
                 }
             }
@@ -182,6 +247,21 @@ pub fn addr_rows(kernel: &KernelView, map: &AobjMap, db: &Datastore) -> Vec<Addr
                         String::new(),
                     )
                 }
+                (MapAddr::Dhcp { .. }, _) => (
+                    // No lease yet (or it was lost): the client is at work.
+                    dhcp.get(&e.aobj).map_or("tentative", |d| match d.state {
+                        "ok" => "tentative",
+                        other => other,
+                    }),
+                    flag_string(&[
+                        ('U', false),
+                        ('u', false),
+                        ('p', false),
+                        ('t', false),
+                        ('d', false),
+                    ]),
+                    String::new(),
+                ),
             };
             rows.push(AddrRow {
                 ifname: ifname.clone(),
@@ -191,6 +271,7 @@ pub fn addr_rows(kernel: &KernelView, map: &AobjMap, db: &Datastore) -> Vec<Addr
                 current,
                 persistent: persistent_flags(db, &e.aobj),
                 addr,
+                dhcp: dhcp.get(&e.aobj).cloned(),
             });
         }
         for record in db.addresses().filter(|r| &r.aobj.ifname == ifname) {
@@ -200,6 +281,7 @@ pub fn addr_rows(kernel: &KernelView, map: &AobjMap, db: &Datastore) -> Vec<Addr
             let (atype, addr) = match &record.kind {
                 PersistAddr::Static { addr, .. } => (AddrType::Static, addr.to_string()),
                 PersistAddr::Addrconf => (AddrType::Addrconf, String::new()),
+                PersistAddr::Dhcp { .. } => (AddrType::Dhcp, String::new()),
             };
             rows.push(AddrRow {
                 ifname: ifname.clone(),
@@ -209,6 +291,7 @@ pub fn addr_rows(kernel: &KernelView, map: &AobjMap, db: &Datastore) -> Vec<Addr
                 current: String::new(),
                 persistent: persistent_flags(db, &record.aobj),
                 addr,
+                dhcp: None,
             });
         }
     }
@@ -406,7 +489,7 @@ mod tests {
     #[test]
     fn address_rows_name_state_and_order() {
         let (kernel, map, db) = world();
-        let rows: Vec<String> = addr_rows(&kernel, &map, &db)
+        let rows: Vec<String> = addr_rows(&kernel, &map, &db, &DhcpView::new())
             .iter()
             .map(|r| {
                 format!(
@@ -444,7 +527,7 @@ mod tests {
             IFA_F_PERMANENT | IFA_F_DADFAILED | IFA_F_TENTATIVE,
             0,
         ));
-        let rows = addr_rows(&kernel, &map, &db);
+        let rows = addr_rows(&kernel, &map, &db, &DhcpView::new());
         let eth1: Vec<&AddrRow> = rows.iter().filter(|r| r.ifname == "eth1").collect();
         assert_eq!(eth1[0].current, "Uu---");
         assert_eq!(eth1[1].state, "duplicate");
@@ -455,7 +538,7 @@ mod tests {
     fn a_link_without_carrier_makes_addresses_inaccessible() {
         let (mut kernel, map, db) = world();
         kernel.links[0].flags = IFF_UP | IFF_BROADCAST | IFF_MULTICAST;
-        let rows = addr_rows(&kernel, &map, &db);
+        let rows = addr_rows(&kernel, &map, &db, &DhcpView::new());
         assert_eq!(rows[2].addrobj, "eth0/v4");
         assert_eq!(rows[2].state, "inaccessible");
     }

@@ -19,6 +19,20 @@ pub const SHOW_ADDR_COLUMNS: &[Column] = &[
     ("PERSISTENT", 11),
     ("ADDR", 46),
 ];
+/// With `-o`, DHCP lease columns too: seconds granted and left, the
+/// server, the client's state (empty for other address types).
+pub const SHOW_ADDR_LEASE_COLUMNS: &[Column] = &[
+    ("ADDROBJ", 18),
+    ("TYPE", 9),
+    ("STATE", 13),
+    ("CURRENT", 8),
+    ("PERSISTENT", 11),
+    ("ADDR", 46),
+    ("LEASE", 9),
+    ("EXPIRES", 9),
+    ("SERVER", 16),
+    ("DHCPSTATE", 12),
+];
 pub const SHOW_IF_COLUMNS: &[Column] = &[
     ("IFNAME", 11),
     ("STATE", 9),
@@ -450,10 +464,11 @@ fn subcommand_action(name: &str, args: &[String]) -> Result<Action, Refusal> {
         }
         "create-addr" => create_addr(args, use_)?,
         "delete-addr" => {
-            // -r (release a DHCP lease) is accepted for compatibility.
+            // -r: a DHCP lease is released, not only dropped.
             let p = getopt(args, ":r", &[("release", 'r')], use_)?;
             send(Request::DeleteAddr {
                 aobj: aobj_operand(&p, use_)?,
+                release: p.has('r'),
             })
         }
         "up-addr" | "down-addr" => {
@@ -481,10 +496,11 @@ fn subcommand_action(name: &str, args: &[String]) -> Result<Action, Refusal> {
             })
         }
         "refresh-addr" => {
-            // -i (DHCP inform) is accepted for compatibility.
+            // -i: DHCP parameters only (INFORM), the lease stays.
             let p = getopt(args, ":i", &[("inform", 'i')], use_)?;
             send(Request::RefreshAddr {
                 aobj: aobj_operand(&p, use_)?,
+                inform: p.has('i'),
             })
         }
         "show-addr" => {
@@ -498,10 +514,22 @@ fn subcommand_action(name: &str, args: &[String]) -> Result<Action, Refusal> {
                 [one] => addr_filter(one, "Invalid address object name provided")?,
                 _ => return Err(usage_die(use_)),
             };
+            // `-o all` stays illumos' six columns; lease ones by name.
+            let lease_columns = fields.as_deref().is_some_and(|f| {
+                f.split(',').any(|name| {
+                    SHOW_ADDR_LEASE_COLUMNS[SHOW_ADDR_COLUMNS.len()..]
+                        .iter()
+                        .any(|(c, _)| c.eq_ignore_ascii_case(name))
+                })
+            });
             show(
                 Request::ShowAddr { filter },
                 Show {
-                    columns: SHOW_ADDR_COLUMNS,
+                    columns: if lease_columns {
+                        SHOW_ADDR_LEASE_COLUMNS
+                    } else {
+                        SHOW_ADDR_COLUMNS
+                    },
                     fields: Some(fields.unwrap_or_else(|| "addrobj,type,state,addr".into())),
                     parsable: p.has('p'),
                     wrap: false,
@@ -723,6 +751,10 @@ fn addr_filter(text: &str, invalid: &str) -> Result<AddrFilter, Refusal> {
     }
 }
 
+/// How long `create-addr -T dhcp` waits for a lease without `-w`
+/// (illumos: 120 seconds).
+const DEFAULT_DHCP_WAIT: u32 = 120;
+
 fn create_addr(args: &[String], use_: &str) -> Result<Action, Refusal> {
     let p = getopt(
         args,
@@ -777,9 +809,23 @@ fn create_addr(args: &[String], use_: &str) -> Result<Action, Refusal> {
             NewAddr::Addrconf
         }
         "dhcp" => {
-            return Err(die(
-                "Invalid address type dhcp: run a DHCP client (such as udhcpc) instead",
-            ))
+            if static_opts || auto_opts {
+                return Err(invalid_for());
+            }
+            let wait =
+                match p.values('w').last().copied() {
+                    None => Some(DEFAULT_DHCP_WAIT),
+                    Some("forever") => None,
+                    Some(w) => Some(w.parse::<u32>().map_err(|_| {
+                        die(format!("Invalid wait time '{w}': seconds or 'forever'"))
+                    })?),
+                };
+            let hostname = match p.values('h').last().copied() {
+                Some(h) if crate::ipmgmtd::names::valid_hostname(h) => Some(h.to_owned()),
+                Some(h) => return Err(die(format!("Invalid hostname '{h}'"))),
+                None => None,
+            };
+            NewAddr::Dhcp { wait, hostname }
         }
         other => return Err(die(format!("Invalid address type {other}"))),
     };
@@ -1053,7 +1099,44 @@ mod tests {
         assert_eq!(
             request("delete-addr eth0/v4"),
             Request::DeleteAddr {
-                aobj: aobj("eth0/v4")
+                aobj: aobj("eth0/v4"),
+                release: false,
+            }
+        );
+        assert_eq!(
+            request("delete-addr -r eth0/v4"),
+            Request::DeleteAddr {
+                aobj: aobj("eth0/v4"),
+                release: true,
+            }
+        );
+        assert_eq!(
+            request("refresh-addr -i eth0/v4"),
+            Request::RefreshAddr {
+                aobj: aobj("eth0/v4"),
+                inform: true,
+            }
+        );
+        assert_eq!(
+            request("create-addr -T dhcp -w forever -h box.lan eth0/d"),
+            Request::CreateAddr {
+                target: AddrObjArg::parse("eth0/d").unwrap(),
+                temporary: false,
+                kind: NewAddr::Dhcp {
+                    wait: None,
+                    hostname: Some("box.lan".into()),
+                },
+            }
+        );
+        assert_eq!(
+            request("create-addr -T dhcp eth0"),
+            Request::CreateAddr {
+                target: AddrObjArg::parse("eth0").unwrap(),
+                temporary: false,
+                kind: NewAddr::Dhcp {
+                    wait: Some(120),
+                    hostname: None,
+                },
             }
         );
         assert_eq!(
@@ -1172,7 +1255,8 @@ mod tests {
             Request::Try {
                 seconds: 30,
                 change: Box::new(Request::DeleteAddr {
-                    aobj: aobj("eth0/v4")
+                    aobj: aobj("eth0/v4"),
+                    release: false,
                 })
             }
         );

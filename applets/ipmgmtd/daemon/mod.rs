@@ -10,8 +10,13 @@
 //! writes the datastore.
 
 mod auth;
+mod dhcp;
+mod dhcp_table;
 mod engine;
+#[cfg(test)]
+mod fake_kernel;
 mod files;
+mod kernel;
 mod netlink;
 mod probe;
 mod snapshot;
@@ -29,8 +34,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use self::engine::Engine;
+use self::dhcp::DhcpManager;
+use self::dhcp_table::DhcpTable;
+use self::engine::{Engine, Next, Outcome};
 use self::files::FileLock;
+use self::kernel::{KernelOpener, RealOpener};
 use self::store::Store;
 use super::model::{Error, Status};
 use super::options::Config;
@@ -102,6 +110,17 @@ fn drop_privileges(paths: &Paths) -> Result<bool, String> {
     Ok(true)
 }
 
+/// This boot and network namespace, to tell our own map cache from one
+/// left by another system under the same root.
+fn origin() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let boot = sysctl::read("kernel/random/boot_id").unwrap_or_default();
+    let netns = std::fs::metadata("/proc/self/ns/net")
+        .map(|m| format!("{}:{}", m.dev(), m.ino()))
+        .unwrap_or_default();
+    format!("{boot}/{netns}")
+}
+
 pub async fn run(config: Config, ctx: Context) -> ServiceResult {
     let paths = Paths::new(&config.root);
     make_dir(&paths.run_dir)
@@ -130,17 +149,33 @@ pub async fn run(config: Config, ctx: Context) -> ServiceResult {
     for note in &loaded.notes {
         tracing::warn!("{note}");
     }
-    for problem in engine::apply_module_props(&loaded.db) {
+    let mut kernel = RealOpener.open().map_err(|e| fail(e.to_string()))?;
+    for problem in engine::apply_module_props(kernel.as_mut(), &loaded.db) {
         tracing::warn!("applying persistent property {problem}");
     }
     if drop_privileges(&paths).map_err(fail)? {
         tracing::info!("running as {SERVICE_USER}");
     }
-    let (engine, notes) = Engine::new(&paths, store, loaded.db).map_err(fail)?;
+    drop(kernel);
+    let table = Arc::new(DhcpTable::default());
+    let (engine, notes) = Engine::new(
+        &paths,
+        Box::new(RealOpener),
+        table.clone(),
+        origin(),
+        store,
+        loaded.db,
+    )
+    .map_err(fail)?;
     for note in notes {
         tracing::info!("{note}");
     }
     let engine = Arc::new(engine);
+    let dhcp = Arc::new(DhcpManager::new(&paths, table));
+    // DHCP clients that ran before a restart take up their leases again.
+    for effect in engine.dhcp_resume() {
+        dhcp.apply(effect).await;
+    }
 
     match std::fs::remove_file(&paths.socket) {
         Ok(()) => tracing::info!("removed a stale {}", paths.socket.display()),
@@ -160,7 +195,7 @@ pub async fn run(config: Config, ctx: Context) -> ServiceResult {
     ctx.ready();
     ctx.status(&format!("listening on {}", paths.socket.display()));
 
-    serve(listener, engine.clone(), ctx).await;
+    serve(listener, engine.clone(), dhcp, ctx).await;
 
     let shutdown_engine = engine.clone();
     let _ = tokio::task::spawn_blocking(move || shutdown_engine.shutdown()).await;
@@ -169,7 +204,7 @@ pub async fn run(config: Config, ctx: Context) -> ServiceResult {
 }
 
 /// Accepts clients until shutdown; arms and disarms `try` rollback timers.
-async fn serve(listener: UnixListener, engine: Arc<Engine>, ctx: Context) {
+async fn serve(listener: UnixListener, engine: Arc<Engine>, dhcp: Arc<DhcpManager>, ctx: Context) {
     let mut shutdown = ctx.shutdown();
     let permits = Arc::new(Semaphore::new(MAX_CLIENTS));
     let (trial_tx, mut trial_rx) = mpsc::unbounded_channel::<(u64, Duration)>();
@@ -184,9 +219,10 @@ async fn serve(listener: UnixListener, engine: Arc<Engine>, ctx: Context) {
                 Ok((stream, _)) => match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let engine = engine.clone();
+                        let dhcp = dhcp.clone();
                         let trial_tx = trial_tx.clone();
                         clients.spawn(async move {
-                            serve_client(stream, engine, trial_tx).await;
+                            serve_client(stream, engine, dhcp, trial_tx).await;
                             drop(permit);
                         });
                     }
@@ -236,6 +272,7 @@ async fn send_reply(stream: &mut UnixStream, reply: &Reply) -> bool {
 async fn serve_client(
     mut stream: UnixStream,
     engine: Arc<Engine>,
+    dhcp: Arc<DhcpManager>,
     trial_tx: mpsc::UnboundedSender<(u64, Duration)>,
 ) {
     let peer = match auth::peer(stream.as_raw_fd()) {
@@ -297,21 +334,61 @@ async fn serve_client(
         }
         let op = request.op();
         let worker = engine.clone();
-        let outcome = match tokio::task::spawn_blocking(move || worker.handle(request)).await {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                tracing::error!("{op} failed: {e}");
-                engine::Outcome {
-                    reply: Reply::error(Error::with(Status::Failure, "internal error")),
-                    trial: None,
-                }
-            }
-        };
-        if let Some(timer) = outcome.trial {
-            let _ = trial_tx.send(timer);
-        }
-        if !send_reply(&mut stream, &outcome.reply).await {
+        let outcome =
+            tokio::task::spawn_blocking(move || worker.handle(request, std::time::Instant::now()))
+                .await;
+        let reply = follow(&engine, &dhcp, op, outcome, &trial_tx).await;
+        if !send_reply(&mut stream, &reply).await {
             return;
         }
+    }
+}
+
+fn internal_error(op: &str, e: tokio::task::JoinError) -> Outcome {
+    tracing::error!("{op} failed: {e}");
+    Outcome {
+        next: Next::Reply(Reply::error(Error::with(Status::Failure, "internal error"))),
+        trial: None,
+        effects: Vec::new(),
+    }
+}
+
+/// Carries out what the engine asks until it gives the reply: timers
+/// for duplicate address detection, ARP probes (run with no lock held,
+/// so other clients are served meanwhile).
+async fn follow(
+    engine: &Arc<Engine>,
+    dhcp: &DhcpManager,
+    op: &'static str,
+    outcome: Result<Outcome, tokio::task::JoinError>,
+    trial_tx: &mpsc::UnboundedSender<(u64, Duration)>,
+) -> Reply {
+    let mut outcome = outcome.unwrap_or_else(|e| internal_error(op, e));
+    loop {
+        if let Some(timer) = outcome.trial.take() {
+            let _ = trial_tx.send(timer);
+        }
+        for effect in std::mem::take(&mut outcome.effects) {
+            dhcp.apply(effect).await;
+        }
+        let worker = engine.clone();
+        let step = match outcome.next {
+            Next::Reply(reply) => return reply,
+            Next::Poll { id, after } => {
+                tokio::time::sleep(after).await;
+                tokio::task::spawn_blocking(move || worker.poll(id, std::time::Instant::now()))
+                    .await
+            }
+            Next::Probe { id, probe } => {
+                tokio::task::spawn_blocking(move || {
+                    let result = worker
+                        .open_kernel()
+                        .and_then(|mut k| k.probe_ipv4(probe.ifindex, &probe.hwaddr, probe.addr));
+                    worker.probed(id, result)
+                })
+                .await
+            }
+        };
+        outcome = step.unwrap_or_else(|e| internal_error(op, e));
     }
 }

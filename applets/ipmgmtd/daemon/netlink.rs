@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::sysctl;
 use crate::ipmgmtd::addrspec::StaticAddr;
-use crate::ipmgmtd::kstate::{KAddr, KernelView, Link};
+use crate::ipmgmtd::kstate::{KAddr, Link};
 use crate::ipmgmtd::model::{Error, Family, Status};
 use crate::ipmgmtd::nlmsg::{self, AddrOptions};
 use crate::netlink::msg::MsgBuilder;
@@ -94,13 +94,6 @@ impl Netlink {
             .collect())
     }
 
-    pub fn view(&mut self) -> Result<KernelView, Error> {
-        Ok(KernelView {
-            links: self.links()?,
-            addrs: self.addrs()?,
-        })
-    }
-
     pub fn add_addr(
         &mut self,
         index: u32,
@@ -119,10 +112,6 @@ impl Netlink {
         peer: Option<&IpAddr>,
     ) -> Result<(), Error> {
         self.request(nlmsg::del_addr(index, family, local, plen, peer))
-    }
-
-    pub fn del_kaddr(&mut self, a: &KAddr) -> Result<(), Error> {
-        self.del_addr(a.index, a.family, &a.local, a.plen, a.peer.as_ref())
     }
 
     /// Sets the flags in `mask` to their values in `flags`.

@@ -6,8 +6,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use super::netlink::Netlink;
-use super::sysctl;
+use super::kernel::Kernel;
 use crate::ipmgmtd::aobjmap::AobjMap;
 use crate::ipmgmtd::datastore::Datastore;
 use crate::ipmgmtd::kstate::{
@@ -53,8 +52,8 @@ fn gone(e: &Error) -> bool {
 }
 
 impl Snapshot {
-    pub fn take(nl: &mut Netlink, db: &Datastore, map: &AobjMap) -> Result<Snapshot, Error> {
-        let view = nl.view()?;
+    pub fn take(k: &mut dyn Kernel, db: &Datastore, map: &AobjMap) -> Result<Snapshot, Error> {
+        let view = k.view()?;
         let mut paths: Vec<String> = Vec::new();
         for def in props::all(Class::Module, None) {
             for p in def.sysctl_paths("") {
@@ -65,14 +64,14 @@ impl Snapshot {
         }
         let mut sysctls = Vec::new();
         for p in paths {
-            if let Ok(v) = sysctl::read(&p) {
+            if let Ok(v) = k.sysctl_read(&p) {
                 sysctls.push((p, v));
             }
         }
         for link in &view.links {
             for template in IF_SYSCTLS {
                 let p = template.replace("{if}", &link.name);
-                if let Ok(v) = sysctl::read(&p) {
+                if let Ok(v) = k.sysctl_read(&p) {
                     sysctls.push((p, v));
                 }
             }
@@ -86,10 +85,10 @@ impl Snapshot {
     }
 
     /// Puts the kernel back as it was; returns what could not be.
-    pub fn restore_kernel(&self, nl: &mut Netlink) -> Vec<String> {
+    pub fn restore_kernel(&self, k: &mut dyn Kernel) -> Vec<String> {
         let mut problems = Vec::new();
         let mut note = |what: String, e: Error| problems.push(format!("{what}: {e}"));
-        let current = match nl.links() {
+        let current = match k.links() {
             Ok(links) => links,
             Err(e) => {
                 note("reading links".into(), e);
@@ -104,24 +103,24 @@ impl Snapshot {
                 continue;
             };
             if now.mtu != old.mtu {
-                if let Err(e) = nl.set_mtu(old.index, old.mtu) {
+                if let Err(e) = k.set_mtu(old.index, old.mtu) {
                     note(format!("{}: mtu", old.name), e);
                 }
             }
             if now.flags & LINK_FLAGS != old.flags & LINK_FLAGS {
-                if let Err(e) = nl.set_flags(old.index, old.flags & LINK_FLAGS, LINK_FLAGS) {
+                if let Err(e) = k.set_flags(old.index, old.flags & LINK_FLAGS, LINK_FLAGS) {
                     note(format!("{}: flags", old.name), e);
                 }
             }
         }
         for (path, value) in &self.sysctls {
-            if let Err(e) = sysctl::write_if_changed(path, value) {
+            if let Err(e) = k.sysctl_write_if_changed(path, value) {
                 if !gone(&e) {
                     note(path.clone(), e);
                 }
             }
         }
-        let now = match nl.addrs() {
+        let now = match k.addrs() {
             Ok(addrs) => addrs,
             Err(e) => {
                 note("reading addresses".into(), e);
@@ -130,7 +129,7 @@ impl Snapshot {
         };
         let then: HashSet<AddrKey> = self.view.addrs.iter().map(key).collect();
         for a in now.iter().filter(|a| !then.contains(&key(a))) {
-            if let Err(e) = nl.del_kaddr(a) {
+            if let Err(e) = k.del_kaddr(a) {
                 if !gone(&e) {
                     note(format!("removing {}", a.local), e);
                 }
@@ -165,7 +164,7 @@ impl Snapshot {
                 }
             };
             if differs {
-                if let Err(e) = nl.add_addr(old.index, &old.as_static(), &options) {
+                if let Err(e) = k.add_addr(old.index, &old.as_static(), &options) {
                     if !gone(&e) {
                         note(format!("restoring {}", old.local), e);
                     }

@@ -38,15 +38,6 @@ pub fn write(rel: &str, value: &str) -> Result<(), Error> {
         .map_err(|e| Error::io(&e))
 }
 
-/// Writes only when the value differs (a write can have side effects, such
-/// as addr_gen_mode regenerating addresses).
-pub fn write_if_changed(rel: &str, value: &str) -> Result<(), Error> {
-    match read(rel) {
-        Ok(current) if current.split_whitespace().eq(value.split_whitespace()) => Ok(()),
-        _ => write(rel, value),
-    }
-}
-
 pub fn ipv6_conf(ifname: &str, leaf: &str) -> String {
     format!("net/ipv6/conf/{ifname}/{leaf}")
 }
