@@ -19,6 +19,7 @@ pub mod engine;
 pub mod filter;
 pub mod hook;
 pub mod manager;
+pub mod nts;
 pub mod options;
 pub mod packet;
 pub mod poll;
