@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use super::clock::{Adjustment, ClockBackend, Leap, STEP_THRESHOLD};
 use super::discipline::{Decision, Discipline};
 use super::filter::{select, Candidate, Sample, Selection};
+use super::nts::cookies::Keys;
+use super::nts::extension::NtsReject;
 use super::packet::{self, NtpTime, Pending, Reject};
 use super::poll::PollInterval;
 use super::random;
@@ -224,8 +226,13 @@ impl<C: ClockBackend> Engine<C> {
                 }
             }
             Err(e) => {
-                tracing::warn!("cannot resolve {}: {e}", s.spec.host);
-                s.state = State::Unreachable(format!("cannot resolve: {e}"));
+                if s.spec.nts {
+                    // Key establishment's errors name the server already.
+                    s.state = State::Unreachable(e);
+                } else {
+                    tracing::warn!("cannot resolve {}: {e}", s.spec.host);
+                    s.state = State::Unreachable(format!("cannot resolve: {e}"));
+                }
                 s.done = true;
                 s.failed_at = Some(now);
             }
@@ -264,15 +271,18 @@ impl<C: ClockBackend> Engine<C> {
 
     /// Builds the request for `id`, reading T1 last so it is as close to the
     /// send as the shell makes it. Returns where to send it.
-    pub fn transmit(
-        &mut self,
-        id: usize,
-        now: f64,
-    ) -> Option<(SocketAddr, [u8; packet::HEADER_LEN])> {
+    pub fn transmit(&mut self, id: usize, now: f64) -> Option<(SocketAddr, Vec<u8>)> {
         let interval = self.poll.current();
         let one_shot = self.config.one_shot;
         let s = self.sources.get_mut(id)?;
         let addr = s.address()?;
+        if s.spec.nts && !s.nts.ready() {
+            // Out of cookies (or keys lost): key establishment again.
+            tracing::info!("{}: out of NTS cookies, new key establishment", s.spec.host);
+            s.nts.forget();
+            self.queue_resolve(id);
+            return None;
+        }
         if let Some(f) = &s.in_flight {
             if !f.missed {
                 s.missed += 1;
@@ -291,8 +301,13 @@ impl<C: ClockBackend> Engine<C> {
             now + interval.max(s.rate_floor)
         };
         let cookie = NtpTime(random::kernel_u64());
-        let bytes =
+        let header =
             packet::client_request(cookie, packet::poll_exponent(interval.max(s.rate_floor)));
+        let bytes = if s.spec.nts {
+            s.nts.request(&header, random_bytes(), random_bytes())?
+        } else {
+            header.to_vec()
+        };
         let sent = self.clock.now();
         s.in_flight = Some(InFlight {
             pending: Pending { cookie, sent },
@@ -301,6 +316,16 @@ impl<C: ClockBackend> Engine<C> {
             missed: false,
         });
         Some((addr, bytes))
+    }
+
+    /// NTS key establishment for `id` succeeded: its keys and cookies.
+    /// (The NTP server's addresses follow with [`Engine::resolved`].)
+    pub fn nts_keyed(&mut self, id: usize, keys: Keys) {
+        if let Some(s) = self.sources.get_mut(id) {
+            if s.spec.nts && s.state == State::Resolving {
+                s.nts.install(keys);
+            }
+        }
     }
 
     /// The kernel's time for when the last request to `id` left: a better
@@ -351,6 +376,19 @@ impl<C: ClockBackend> Engine<C> {
         let flight = s.in_flight.clone().ok_or(Reject::NothingPending)?;
         if from != flight.addr {
             return Err(Reject::UnexpectedSender(from));
+        }
+        if s.spec.nts {
+            match s.nts.reply(bytes) {
+                Ok(()) => {}
+                Err(NtsReject::Nak) => {
+                    tracing::info!("{}: NTS NAK, new key establishment", s.spec.host);
+                    s.in_flight = None;
+                    self.queue_resolve(id);
+                    return Err(Reject::Nts(NtsReject::Nak));
+                }
+                // Forged or stale: dropped (and counted), keep waiting.
+                Err(why) => return Err(Reject::Nts(why)),
+            }
         }
         let reply = match packet::parse_reply(bytes, &flight.pending, received, root_distance_max) {
             Ok(reply) => reply,
@@ -936,6 +974,16 @@ impl<C: ClockBackend> Engine<C> {
 }
 
 /// Unix seconds from the system clock, only to pick the NTP era.
+/// Fresh kernel randomness for NTS unique identifiers and nonces.
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    for chunk in out.chunks_mut(8) {
+        let r = random::kernel_u64().to_le_bytes();
+        chunk.copy_from_slice(&r[..chunk.len()]);
+    }
+    out
+}
+
 fn unix_now_hint() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -973,6 +1021,7 @@ mod tests {
             host: host.into(),
             port: 123,
             fallback,
+            nts: false,
         }
     }
 
@@ -1022,7 +1071,7 @@ mod tests {
         now: f64,
         (offset, delay): (f64, f64),
         (stratum, reference_id): (u8, [u8; 4]),
-    ) -> (Result<(), Reject>, [u8; packet::HEADER_LEN]) {
+    ) -> (Result<(), Reject>, Vec<u8>) {
         let (to, request) = e.transmit(id, now).expect("a request");
         let sent = e.sources[id].in_flight.as_ref().unwrap().pending.sent;
         let cookie = packet::Packet::decode(&request).unwrap().transmit_time;

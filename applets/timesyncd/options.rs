@@ -72,6 +72,12 @@ struct Args {
     /// Clock file [env TIMESYNCD_CLOCK_FILE]
     #[arg(long = "clock-file", value_name = "PATH")]
     clock_file: Option<PathBuf>,
+    /// Use NTS (RFC 8915) with every -s server: HOST[:PORT] is its NTS-KE server (port 4460)
+    #[arg(long)]
+    nts: bool,
+    /// CA certificates (PEM) NTS-KE servers are checked against (default: the system's)
+    #[arg(long = "nts-ca", value_name = "FILE")]
+    nts_ca: Option<PathBuf>,
     /// Print version information
     #[arg(short = 'V', long)]
     version: bool,
@@ -101,6 +107,10 @@ pub struct Config {
     pub pid_file: Option<PathBuf>,
     pub state_file: PathBuf,
     pub clock_file: PathBuf,
+    /// `--nts`: the -s servers are NTS-KE servers.
+    pub cli_nts: bool,
+    /// `--nts-ca`, overriding NTSTrustedCertificates=.
+    pub cli_nts_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -111,21 +121,36 @@ impl Config {
             host: s.host.clone(),
             port: s.port,
             fallback,
+            nts: false,
         };
-        let primaries: Vec<Server> = if self.cli_servers.is_empty() {
-            self.time.ntp.clone().unwrap_or_default()
+        let nts_spec = |s: &Server| ServerSpec {
+            nts: true,
+            ..spec(s, false)
+        };
+        let (primaries, nts): (Vec<Server>, Vec<Server>) = if self.cli_servers.is_empty() {
+            (
+                self.time.ntp.clone().unwrap_or_default(),
+                self.time.nts.clone().unwrap_or_default(),
+            )
+        } else if self.cli_nts {
+            (vec![], self.cli_servers.clone())
         } else {
-            self.cli_servers.clone()
+            (self.cli_servers.clone(), vec![])
         };
+        if !nts.is_empty() && !cfg!(feature = "tls") {
+            return Err("NTS needs TLS, and this build has none (feature tls)".into());
+        }
         let fallback: Vec<Server> = match (&self.time.fallback_ntp, self.cli_servers.is_empty()) {
             (Some(list), _) => list.clone(),
-            (None, true) => DEFAULT_FALLBACK
+            // NTS servers alone do not fall back to unauthenticated ones.
+            (None, true) if nts.is_empty() => DEFAULT_FALLBACK
                 .iter()
                 .filter_map(|h| parse_server(h).ok())
                 .collect(),
-            (None, false) => vec![],
+            (None, _) => vec![],
         };
-        let mut out: Vec<ServerSpec> = primaries.iter().map(|s| spec(s, false)).collect();
+        let mut out: Vec<ServerSpec> = nts.iter().map(nts_spec).collect();
+        out.extend(primaries.iter().map(|s| spec(s, false)));
         out.extend(fallback.iter().map(|s| spec(s, true)));
         if out.is_empty() {
             return Err(format!(
@@ -134,6 +159,13 @@ impl Config {
             ));
         }
         Ok(out)
+    }
+
+    /// The CA file NTS-KE servers are checked against; `None`: the system's.
+    pub fn nts_ca(&self) -> Option<&Path> {
+        self.cli_nts_ca
+            .as_deref()
+            .or(self.time.nts_trusted_certificates.as_deref())
     }
 
     /// Rereads the configuration file (SIGHUP).
@@ -218,11 +250,19 @@ fn validate(args: Args) -> Result<(Config, Vec<String>), String> {
         return Err("-q and -Q cannot be used together".into());
     }
     let _ = args.nice;
+    let parse_cli = if args.nts {
+        config::parse_nts_server
+    } else {
+        parse_server
+    };
     let cli_servers = args
         .servers
         .iter()
-        .map(|s| parse_server(s))
+        .map(|s| parse_cli(s))
         .collect::<Result<Vec<_>, _>>()?;
+    if args.nts && cli_servers.is_empty() {
+        return Err("--nts needs at least one -s server".into());
+    }
     let config_explicit = args.config.is_some();
     let config_path = args.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     let (time, warnings) = load_file(&config_path, config_explicit)?;
@@ -255,6 +295,8 @@ fn validate(args: Args) -> Result<(Config, Vec<String>), String> {
             "TIMESYNCD_CLOCK_FILE",
             clockfile::DEFAULT_PATH,
         )),
+        cli_nts: args.nts,
+        cli_nts_ca: args.nts_ca.map(absolute),
     };
     config.servers()?;
     Ok((config, warnings))
