@@ -227,7 +227,11 @@ impl<C: ClockBackend> Engine<C> {
             }
             Err(e) => {
                 if s.spec.nts {
-                    // Key establishment's errors name the server already.
+                    // Key establishment's errors name the server already;
+                    // a one-shot run reports them once, when it gives up.
+                    if !self.config.one_shot {
+                        tracing::warn!("{e}");
+                    }
                     s.state = State::Unreachable(e);
                 } else {
                     tracing::warn!("cannot resolve {}: {e}", s.spec.host);

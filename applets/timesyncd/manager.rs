@@ -343,7 +343,9 @@ impl Shell {
         self.resolving.push(tokio::spawn(async move {
             let result = async {
                 let ke_addrs = lookup(host.clone(), port).await?;
-                let mut last = String::from("no address");
+                // The first address's error: a refused certificate says
+                // more than a second address's refused connection.
+                let mut first: Option<String> = None;
                 for addr in ke_addrs {
                     match client::establish(tls.clone(), &host, addr).await {
                         Ok(done) => {
@@ -357,12 +359,12 @@ impl Shell {
                             return Ok((done.keys, addrs));
                         }
                         Err(e) => {
-                            tracing::warn!("{e}");
-                            last = e;
+                            tracing::debug!("{e}");
+                            first.get_or_insert(e);
                         }
                     }
                 }
-                Err(last)
+                Err(first.unwrap_or_else(|| format!("{host}: no address")))
             }
             .await;
             let _ = tx
