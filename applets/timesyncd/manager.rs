@@ -40,6 +40,7 @@ enum Msg {
         result: Result<Vec<SocketAddr>, String>,
     },
     /// NTS key establishment for `source`, then the NTP server's addresses.
+    #[cfg(feature = "tls")]
     Keyed {
         epoch: u64,
         source: usize,
@@ -446,6 +447,7 @@ impl Shell {
                 source,
                 result,
             } if epoch == self.epoch => self.engine.resolved(source, result, now),
+            #[cfg(feature = "tls")]
             Msg::Keyed {
                 epoch,
                 source,
