@@ -1097,6 +1097,128 @@ mod tests {
         (result, request)
     }
 
+    /// An NTS source keyed with `cookies` cookies and resolved.
+    #[cfg(feature = "tls")]
+    fn nts_engine(cookies: usize) -> Engine<SimulatedClock> {
+        let mut e = engine(
+            vec![ServerSpec {
+                nts: true,
+                ..spec("nts.example", false)
+            }],
+            false,
+        );
+        assert_eq!(e.take_resolves().len(), 1);
+        e.nts_keyed(
+            0,
+            Keys {
+                c2s: [1; 32],
+                s2c: [2; 32],
+                cookies: (0..cookies).map(|i| vec![i as u8; 64]).collect(),
+            },
+        );
+        e.resolved(0, Ok(vec![addr(1)]), 0.0);
+        e
+    }
+
+    /// The server's answer to an NTS `request`: the identifier echoed,
+    /// one new cookie, sealed under `s2c`; `tamper` flips its last byte.
+    #[cfg(feature = "tls")]
+    fn nts_reply(request: &[u8], s2c: &[u8; 32], tamper: bool) -> Vec<u8> {
+        use super::super::nts::{aead, extension as ext};
+        let fields = ext::fields(request).expect("request fields");
+        let uid = fields
+            .iter()
+            .find(|f| f.kind == ext::UNIQUE_IDENTIFIER)
+            .expect("identifier")
+            .body;
+        let origin = packet::Packet::decode(request).unwrap().transmit_time;
+        let mut p = packet::Packet {
+            version: 4,
+            mode: packet::MODE_SERVER,
+            stratum: 2,
+            precision: -20,
+            origin_time: origin,
+            receive_time: NtpTime(0xe000_0000_0000_0000),
+            transmit_time: NtpTime(0xe000_0000_0000_0000),
+            ..packet::Packet::default()
+        }
+        .encode()
+        .to_vec();
+        ext::push_field(&mut p, ext::UNIQUE_IDENTIFIER, uid);
+        let mut plain = Vec::new();
+        ext::push_field(&mut plain, ext::NTS_COOKIE, &[9; 64]);
+        let nonce = [7u8; 16];
+        let sealed = aead::seal(s2c, &nonce, &p, &plain).unwrap();
+        let mut body = vec![0, 16, 0, sealed.len() as u8];
+        body.extend_from_slice(&nonce);
+        body.extend_from_slice(&sealed);
+        ext::push_field(&mut p, ext::AUTHENTICATOR, &body);
+        if tamper {
+            let last = p.len() - 1;
+            p[last] ^= 1;
+        }
+        p
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn nts_replies_are_authenticated_and_refill_cookies() {
+        let mut e = nts_engine(8);
+        let (to, request) = e.transmit(0, 0.0).expect("request");
+        assert!(request.len() > packet::HEADER_LEN, "carries NTS fields");
+        assert_eq!(e.sources[0].nts.cookies(), 7);
+        let sent = e.sources[0].in_flight.as_ref().unwrap().pending.sent;
+        // A tampered reply is dropped and counted; the request stays open.
+        let bad = nts_reply(&request, &[2; 32], true);
+        assert!(matches!(
+            e.receive(0, to, &bad, sent, 0.01),
+            Err(Reject::Nts(NtsReject::Unauthenticated))
+        ));
+        assert_eq!(e.sources[0].nts.rejected, 1);
+        assert!(e.sources[0].in_flight.is_some());
+        let good = nts_reply(&request, &[2; 32], false);
+        let received = NtpTime(0xe000_0000_0000_0000);
+        let _ = e.receive(0, to, &good, received, 0.01);
+        assert!(e.sources[0].nts.authenticated);
+        assert_eq!(e.sources[0].nts.cookies(), 8);
+        // A replay of the same (now answered) reply is not ours any more.
+        assert!(e.receive(0, to, &good, received, 0.02).is_err());
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn nts_rekeys_when_cookies_run_out_and_on_a_nak() {
+        let mut e = nts_engine(1);
+        e.transmit(0, 0.0).expect("request");
+        assert_eq!(e.sources[0].nts.cookies(), 0);
+        // No reply, so no cookie back: the next poll asks for new keys.
+        assert!(e.transmit(0, 2.0).is_none());
+        assert_eq!(e.sources[0].state, State::Resolving);
+        assert_eq!(e.take_resolves().len(), 1);
+
+        let mut e = nts_engine(4);
+        let (to2, request2) = e.transmit(0, 0.0).expect("request");
+        let mut nak = packet::Packet {
+            version: 4,
+            mode: packet::MODE_SERVER,
+            reference_id: *b"NTSN",
+            origin_time: packet::Packet::decode(&request2).unwrap().transmit_time,
+            ..packet::Packet::default()
+        }
+        .encode()
+        .to_vec();
+        let fields = super::super::nts::extension::fields(&request2).unwrap();
+        super::super::nts::extension::push_field(&mut nak, 0x0104, fields[0].body);
+        assert_eq!(
+            e.receive(0, to2, &nak, NtpTime(1), 0.01),
+            Err(Reject::Nts(NtsReject::Nak))
+        );
+        assert_eq!(e.sources[0].state, State::Resolving);
+        assert_eq!(e.sources[0].nts.naks, 1);
+        assert!(!e.sources[0].nts.ready());
+        assert_eq!(e.take_resolves().len(), 1);
+    }
+
     #[test]
     fn requests_carry_our_poll_exponent() {
         let mut e = engine(vec![spec("192.0.2.1", false)], false);
