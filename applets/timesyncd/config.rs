@@ -467,4 +467,20 @@ mod tests {
         let p = parse("[Time]\nNTP=a.example \\\n  b.example\n", "f").unwrap();
         assert_eq!(p.config.ntp.unwrap().len(), 2);
     }
+
+    #[test]
+    fn nts_servers_and_their_trusted_certificates() {
+        let p = parse(
+            "[Time]\nNTS=nts.example [::1] [::1]:5000 10.0.0.1:4461\nNTSTrustedCertificates=/etc/ca.pem\n",
+            "f",
+        )
+        .unwrap();
+        let ports: Vec<u16> = p.config.nts.unwrap().iter().map(|s| s.port).collect();
+        assert_eq!(ports, [4460, 4460, 5000, 4461]);
+        assert_eq!(
+            p.config.nts_trusted_certificates.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    }
 }

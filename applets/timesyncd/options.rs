@@ -390,4 +390,24 @@ mod tests {
         let e = config(&["-c", "/nonexistent/x.conf", "-s", "10.0.0.1"]).unwrap_err();
         assert!(e.contains("/nonexistent/x.conf"), "{e}");
     }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn nts_servers_default_to_the_ke_port_and_come_first() {
+        let c = config(&["-s", "time.example", "-s", "b.example:4461", "--nts"]).unwrap();
+        let servers = c.servers().unwrap();
+        assert!(servers.iter().all(|s| s.nts && !s.fallback));
+        assert_eq!(servers[0].port, 4460);
+        assert_eq!(servers[1].port, 4461);
+        let c = config(&["-s", "time.example", "--nts-ca", "/etc/ca.pem", "--nts"]).unwrap();
+        assert_eq!(c.nts_ca(), Some(Path::new("/etc/ca.pem")));
+        assert!(config(&["--nts"]).unwrap_err().contains("--nts"));
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn without_tls_nts_is_refused_in_one_line() {
+        let e = config(&["-s", "time.example", "--nts"]).unwrap_err();
+        assert_eq!(e, "NTS needs TLS, and this build has none (feature tls)");
+    }
 }
