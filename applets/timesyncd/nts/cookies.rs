@@ -84,7 +84,8 @@ impl NtsState {
                         keys.cookies.push(cookie);
                     }
                 }
-                self.uid = None;
+                // The identifier stays until the request is settled: a
+                // reply authentic but unusable as NTP leaves it open.
                 self.authenticated = true;
                 Ok(())
             }
