@@ -126,7 +126,25 @@ struct NtsServer {
     dir: TempDir,
     ke_port: u16,
     ntp_port: u16,
-    _chronyd: Daemon,
+    chronyd: Option<Daemon>,
+}
+
+fn spawn_chronyd(dir: &Path) -> Daemon {
+    let mut cmd = Command::new("chronyd");
+    cmd.args(["-x", "-d", "-f"]).arg(dir.join("chrony.conf"));
+    // As root, chronyd would switch to its own user, who cannot read the
+    // test's key.
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.args(["-u", "root"]);
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("chronyd.log"))
+        .unwrap();
+    cmd.stdout(Stdio::null()).stderr(log);
+    Daemon::spawn(cmd)
 }
 
 impl NtsServer {
@@ -149,25 +167,27 @@ impl NtsServer {
             conf.push_str(&format!("ntsntpserver {host}\n"));
         }
         std::fs::write(dir.path().join("chrony.conf"), conf).unwrap();
-        let mut cmd = Command::new("chronyd");
-        cmd.args(["-x", "-d", "-f"])
-            .arg(dir.path().join("chrony.conf"));
-        // As root, chronyd would switch to its own user, who cannot read
-        // the test's key.
-        // SAFETY: plain getter.
-        if unsafe { libc::geteuid() } == 0 {
-            cmd.args(["-u", "root"]);
-        }
-        cmd.stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("chronyd.log")).unwrap());
-        let chronyd = Daemon::spawn(cmd);
+        let chronyd = spawn_chronyd(dir.path());
         wait_for_tcp_port(ke_port, Duration::from_secs(20));
         NtsServer {
             dir,
             ke_port,
             ntp_port,
-            _chronyd: chronyd,
+            chronyd: Some(chronyd),
         }
+    }
+
+    /// Stops chronyd, deletes its saved server keys and starts it again on
+    /// the same ports: every cookie a client holds is now worthless.
+    fn restart_with_new_keys(&mut self) {
+        drop(self.chronyd.take());
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            if entry.file_name().to_string_lossy().starts_with("ntskeys") {
+                std::fs::remove_file(entry.path()).unwrap();
+            }
+        }
+        self.chronyd = Some(spawn_chronyd(self.dir.path()));
+        wait_for_tcp_port(self.ke_port, Duration::from_secs(20));
     }
 
     fn ca(&self) -> PathBuf {
@@ -376,6 +396,36 @@ fn daemon_shows_the_nts_source_authenticated() {
     assert_eq!((state.as_str(), rejected), ("authenticated", 0));
     // Every reply brought a cookie back for the one spent.
     assert!(cookies >= 7, "{cookies} cookies left");
+}
+
+#[test]
+fn a_server_that_lost_its_keys_naks_and_the_client_rekeys() {
+    if !need("chronyd") || !need("openssl") {
+        return;
+    }
+    let mut server = NtsServer::start("nts-nak", None);
+    let dir = server.dir.path().to_path_buf();
+    let conf = dir.join("timesyncd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[Time]\nFallbackNTP=\nPollIntervalMinSec=16\nNTS={}\nNTSTrustedCertificates={}\n",
+            server.ke(),
+            server.ca().display()
+        ),
+    )
+    .unwrap();
+    let _daemon = daemon(&dir, &conf, &[]);
+    wait_for_status(&dir, &["NTS authenticated"], Duration::from_secs(30));
+    server.restart_with_new_keys();
+    // The next poll (16 s on) is answered with a NAK; new keys follow.
+    let log = || std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+    let rekeyed = wait_until(Duration::from_secs(40), || {
+        let log = log();
+        log.contains("NTS NAK") && log.matches("NTS keys established").count() >= 2
+    });
+    assert!(rekeyed.is_some(), "no NAK and re-key:\n{}", log());
+    wait_for_status(&dir, &["NTS authenticated"], Duration::from_secs(20));
 }
 
 #[test]
