@@ -326,48 +326,11 @@ impl Shell {
             }
         }
         let resolver = self.resolver.clone();
-        let lookup = move |host: String, port: u16| {
-            let resolver = resolver.clone();
-            async move {
-                if let Some(addr) = resolve::literal(&host, port) {
-                    return Ok(vec![addr]);
-                }
-                match resolver {
-                    Some(r) => resolve::lookup(&r, &host, port).await,
-                    None => Err("no resolver".to_string()),
-                }
-            }
-        };
         let tx = self.tx.clone();
         let epoch = self.epoch;
         self.resolving.retain(|t| !t.is_finished());
         self.resolving.push(tokio::spawn(async move {
-            let result = async {
-                let ke_addrs = lookup(host.clone(), port).await?;
-                // The first address's error: a refused certificate says
-                // more than a second address's refused connection.
-                let mut first: Option<String> = None;
-                for addr in ke_addrs {
-                    match client::establish(tls.clone(), &host, addr).await {
-                        Ok(done) => {
-                            let ntp_host = done.ntp_server.clone().unwrap_or_else(|| host.clone());
-                            let ntp_port = done.ntp_port.unwrap_or(super::config::DEFAULT_PORT);
-                            tracing::info!(
-                                "{host}: NTS keys established ({} cookies), NTP at {ntp_host}:{ntp_port}",
-                                done.keys.cookies.len()
-                            );
-                            let addrs = lookup(ntp_host, ntp_port).await?;
-                            return Ok((done.keys, addrs));
-                        }
-                        Err(e) => {
-                            tracing::debug!("{e}");
-                            first.get_or_insert(e);
-                        }
-                    }
-                }
-                Err(first.unwrap_or_else(|| format!("{host}: no address")))
-            }
-            .await;
+            let result = client::establish_and_resolve(tls, resolver, host, port).await;
             let _ = tx
                 .send(Msg::Keyed {
                     epoch,

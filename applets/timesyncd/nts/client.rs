@@ -14,6 +14,10 @@ use crate::tls::rustls::pki_types::ServerName;
 use crate::tls::rustls::{self, ClientConfig};
 use crate::tls::tokio_rustls::TlsConnector;
 
+use hickory_resolver::TokioResolver;
+
+use super::super::config::DEFAULT_PORT;
+use super::super::resolve;
 use super::aead::KEY_LEN;
 use super::cookies::Keys;
 use super::ke;
@@ -37,14 +41,58 @@ pub fn config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
         None => crate::tls::system_roots(),
     }
     .map_err(|e| e.to_string())?;
-    let config = ClientConfig::builder_with_provider(crate::tls::provider())
+    // RFC 8915 §3 requires TLS 1.3, so not tls::client_config's defaults.
+    let mut config = ClientConfig::builder_with_provider(crate::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| format!("TLS versions: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let mut config = config;
     config.alpn_protocols = vec![ke::ALPN.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Key establishment with `host:port` (each of its addresses in turn),
+/// then the addresses of the NTP server it names (or `host`, port 123).
+pub async fn establish_and_resolve(
+    tls: Arc<ClientConfig>,
+    resolver: Option<Arc<TokioResolver>>,
+    host: String,
+    port: u16,
+) -> Result<(Keys, Vec<SocketAddr>), String> {
+    let lookup = |host: String, port: u16| {
+        let resolver = resolver.clone();
+        async move {
+            if let Some(addr) = resolve::literal(&host, port) {
+                return Ok(vec![addr]);
+            }
+            match resolver {
+                Some(r) => resolve::lookup(&r, &host, port).await,
+                None => Err(format!("cannot resolve {host}: no resolver")),
+            }
+        }
+    };
+    // The first address's error: a refused certificate says more than a
+    // second address's refused connection.
+    let mut first: Option<String> = None;
+    for addr in lookup(host.clone(), port).await? {
+        match establish(tls.clone(), &host, addr).await {
+            Ok(done) => {
+                let ntp_host = done.ntp_server.unwrap_or_else(|| host.clone());
+                let ntp_port = done.ntp_port.unwrap_or(DEFAULT_PORT);
+                tracing::info!(
+                    "{host}: NTS keys established ({} cookies), NTP at {ntp_host}:{ntp_port}",
+                    done.keys.cookies.len()
+                );
+                let addrs = lookup(ntp_host, ntp_port).await?;
+                return Ok((done.keys, addrs));
+            }
+            Err(e) => {
+                tracing::debug!("{e}");
+                first.get_or_insert(e);
+            }
+        }
+    }
+    Err(first.unwrap_or_else(|| format!("{host}: no address")))
 }
 
 /// Runs key establishment with `host` (the name its certificate must
