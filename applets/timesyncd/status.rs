@@ -383,6 +383,10 @@ mod tests {
         assert!(text.contains("       Offset: +12us"), "{text}");
         assert!(text.contains("reach 377"), "{text}");
         assert!(
+            text.contains(" NTS authenticated, 8 cookies, 1 rejected"),
+            "{text}"
+        );
+        assert!(
             text.contains(
                 "* localhost                127.0.0.1:123            active       selected"
             ),
