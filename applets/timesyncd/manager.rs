@@ -265,6 +265,11 @@ impl Shell {
                 }
             }
         }
+        // A request that could not go out may have asked for a new NTS key
+        // establishment (out of cookies): start it now, not at the next event.
+        for (id, host, port) in self.engine.take_resolves() {
+            self.resolve(id, host, port);
+        }
         for notice in self.engine.take_notices() {
             self.run_hook(&notice);
         }
