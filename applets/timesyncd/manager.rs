@@ -366,7 +366,8 @@ impl Shell {
         let tx = self.tx.clone();
         let epoch = self.epoch;
         let reader = tokio::spawn(async move {
-            let mut buf = vec![0u8; 1024];
+            // NTS replies carry up to eight cookies: ~1 KiB with 100-byte ones.
+            let mut buf = vec![0u8; 2048];
             loop {
                 match reader_sock.recv(&mut buf).await {
                     Ok((n, from, stamp)) => {
