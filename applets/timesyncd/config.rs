@@ -27,6 +27,12 @@ pub struct TimeConfig {
     pub save_interval: Option<f64>,
     /// The `[Server]` section.
     pub server: super::server::ServerConfig,
+    /// NTS=: NTS-KE servers (`HOST[:PORT]`, port 4460 by default), used
+    /// like NTP= servers but authenticated.
+    pub nts: Option<Vec<Server>>,
+    /// NTSTrustedCertificates=: the CAs NTS-KE servers are checked against
+    /// (default: the system's).
+    pub nts_trusted_certificates: Option<std::path::PathBuf>,
 }
 
 impl Default for TimeConfig {
@@ -40,6 +46,8 @@ impl Default for TimeConfig {
             connection_retry: DEFAULT_CONNECTION_RETRY,
             save_interval: Some(DEFAULT_SAVE_INTERVAL),
             server: Default::default(),
+            nts: None,
+            nts_trusted_certificates: None,
         }
     }
 }
@@ -226,6 +234,10 @@ pub fn parse(text: &str, path: &str) -> Result<Parsed, String> {
             "PollIntervalMaxSec" => c.poll_max = finite_span(value).map_err(at)?,
             "ConnectionRetrySec" => c.connection_retry = finite_span(value).map_err(at)?,
             "SaveIntervalSec" => c.save_interval = parse_timespan(value).map_err(at)?,
+            "NTS" => append_nts_servers(&mut c.nts, value).map_err(at)?,
+            "NTSTrustedCertificates" => {
+                c.nts_trusted_certificates = Some(value).filter(|v| !v.is_empty()).map(Into::into)
+            }
             _ => parsed.warnings.push(format!(
                 "{path}:{number}: unknown key '{key}' in section [Time], ignoring"
             )),
@@ -249,6 +261,35 @@ fn append_servers(list: &mut Option<Vec<Server>>, value: &str) -> Result<(), Str
     }
     for word in value.split_whitespace() {
         list.push(parse_server(word)?);
+    }
+    Ok(())
+}
+
+/// The NTS-KE port when `NTS=` or `--nts` names none.
+pub const DEFAULT_NTS_KE_PORT: u16 = 4460;
+
+/// Like [`parse_server`], but a server without a port gets NTS-KE's.
+pub fn parse_nts_server(text: &str) -> Result<Server, String> {
+    let mut server = parse_server(text)?;
+    let has_port = if text.starts_with('[') {
+        text.contains("]:")
+    } else {
+        text.matches(':').count() == 1
+    };
+    if !has_port {
+        server.port = DEFAULT_NTS_KE_PORT;
+    }
+    Ok(server)
+}
+
+fn append_nts_servers(list: &mut Option<Vec<Server>>, value: &str) -> Result<(), String> {
+    let list = list.get_or_insert_with(Vec::new);
+    if value.is_empty() {
+        list.clear();
+        return Ok(());
+    }
+    for word in value.split_whitespace() {
+        list.push(parse_nts_server(word)?);
     }
     Ok(())
 }
@@ -459,5 +500,21 @@ mod tests {
     fn continuation_lines_join() {
         let p = parse("[Time]\nNTP=a.example \\\n  b.example\n", "f").unwrap();
         assert_eq!(p.config.ntp.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn nts_servers_and_their_trusted_certificates() {
+        let p = parse(
+            "[Time]\nNTS=nts.example [::1] [::1]:5000 10.0.0.1:4461\nNTSTrustedCertificates=/etc/ca.pem\n",
+            "f",
+        )
+        .unwrap();
+        let ports: Vec<u16> = p.config.nts.unwrap().iter().map(|s| s.port).collect();
+        assert_eq!(ports, [4460, 4460, 5000, 4461]);
+        assert_eq!(
+            p.config.nts_trusted_certificates.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     }
 }

@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use super::clock::{Adjustment, ClockBackend, Leap, STEP_THRESHOLD};
 use super::discipline::{Decision, Discipline};
 use super::filter::{select, Candidate, Sample, Selection};
+use super::nts::cookies::Keys;
+use super::nts::extension::NtsReject;
 use super::packet::{self, NtpTime, Pending, Reject};
 use super::poll::PollInterval;
 use super::random;
@@ -224,8 +226,17 @@ impl<C: ClockBackend> Engine<C> {
                 }
             }
             Err(e) => {
-                tracing::warn!("cannot resolve {}: {e}", s.spec.host);
-                s.state = State::Unreachable(format!("cannot resolve: {e}"));
+                if s.spec.nts {
+                    // Key establishment's errors name the server already;
+                    // a one-shot run reports them once, when it gives up.
+                    if !self.config.one_shot {
+                        tracing::warn!("{e}");
+                    }
+                    s.state = State::Unreachable(e);
+                } else {
+                    tracing::warn!("cannot resolve {}: {e}", s.spec.host);
+                    s.state = State::Unreachable(format!("cannot resolve: {e}"));
+                }
                 s.done = true;
                 s.failed_at = Some(now);
             }
@@ -264,15 +275,18 @@ impl<C: ClockBackend> Engine<C> {
 
     /// Builds the request for `id`, reading T1 last so it is as close to the
     /// send as the shell makes it. Returns where to send it.
-    pub fn transmit(
-        &mut self,
-        id: usize,
-        now: f64,
-    ) -> Option<(SocketAddr, [u8; packet::HEADER_LEN])> {
+    pub fn transmit(&mut self, id: usize, now: f64) -> Option<(SocketAddr, Vec<u8>)> {
         let interval = self.poll.current();
         let one_shot = self.config.one_shot;
         let s = self.sources.get_mut(id)?;
         let addr = s.address()?;
+        if s.spec.nts && !s.nts.ready() {
+            // Out of cookies (or keys lost): key establishment again.
+            tracing::info!("{}: out of NTS cookies, new key establishment", s.spec.host);
+            s.nts.forget();
+            self.queue_resolve(id);
+            return None;
+        }
         if let Some(f) = &s.in_flight {
             if !f.missed {
                 s.missed += 1;
@@ -291,8 +305,13 @@ impl<C: ClockBackend> Engine<C> {
             now + interval.max(s.rate_floor)
         };
         let cookie = NtpTime(random::kernel_u64());
-        let bytes =
+        let header =
             packet::client_request(cookie, packet::poll_exponent(interval.max(s.rate_floor)));
+        let bytes = if s.spec.nts {
+            s.nts.request(&header, random_bytes(), random_bytes())?
+        } else {
+            header.to_vec()
+        };
         let sent = self.clock.now();
         s.in_flight = Some(InFlight {
             pending: Pending { cookie, sent },
@@ -301,6 +320,16 @@ impl<C: ClockBackend> Engine<C> {
             missed: false,
         });
         Some((addr, bytes))
+    }
+
+    /// NTS key establishment for `id` succeeded: its keys and cookies.
+    /// (The NTP server's addresses follow with [`Engine::resolved`].)
+    pub fn nts_keyed(&mut self, id: usize, keys: Keys) {
+        if let Some(s) = self.sources.get_mut(id) {
+            if s.spec.nts && s.state == State::Resolving {
+                s.nts.install(keys);
+            }
+        }
     }
 
     /// The kernel's time for when the last request to `id` left: a better
@@ -351,6 +380,19 @@ impl<C: ClockBackend> Engine<C> {
         let flight = s.in_flight.clone().ok_or(Reject::NothingPending)?;
         if from != flight.addr {
             return Err(Reject::UnexpectedSender(from));
+        }
+        if s.spec.nts {
+            match s.nts.reply(bytes) {
+                Ok(()) => {}
+                Err(NtsReject::Nak) => {
+                    tracing::info!("{}: NTS NAK, new key establishment", s.spec.host);
+                    s.in_flight = None;
+                    self.queue_resolve(id);
+                    return Err(Reject::Nts(NtsReject::Nak));
+                }
+                // Forged or stale: dropped (and counted), keep waiting.
+                Err(why) => return Err(Reject::Nts(why)),
+            }
         }
         let reply = match packet::parse_reply(bytes, &flight.pending, received, root_distance_max) {
             Ok(reply) => reply,
@@ -936,6 +978,16 @@ impl<C: ClockBackend> Engine<C> {
 }
 
 /// Unix seconds from the system clock, only to pick the NTP era.
+/// Fresh kernel randomness for NTS unique identifiers and nonces.
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    for chunk in out.chunks_mut(8) {
+        let r = random::kernel_u64().to_le_bytes();
+        chunk.copy_from_slice(&r[..chunk.len()]);
+    }
+    out
+}
+
 fn unix_now_hint() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -973,6 +1025,7 @@ mod tests {
             host: host.into(),
             port: 123,
             fallback,
+            nts: false,
         }
     }
 
@@ -1022,7 +1075,7 @@ mod tests {
         now: f64,
         (offset, delay): (f64, f64),
         (stratum, reference_id): (u8, [u8; 4]),
-    ) -> (Result<(), Reject>, [u8; packet::HEADER_LEN]) {
+    ) -> (Result<(), Reject>, Vec<u8>) {
         let (to, request) = e.transmit(id, now).expect("a request");
         let sent = e.sources[id].in_flight.as_ref().unwrap().pending.sent;
         let cookie = packet::Packet::decode(&request).unwrap().transmit_time;
@@ -1042,6 +1095,128 @@ mod tests {
         let received = sent.add_secs(delay);
         let result = e.receive(id, to, &reply.encode(), received, now + delay);
         (result, request)
+    }
+
+    /// An NTS source keyed with `cookies` cookies and resolved.
+    #[cfg(feature = "tls")]
+    fn nts_engine(cookies: usize) -> Engine<SimulatedClock> {
+        let mut e = engine(
+            vec![ServerSpec {
+                nts: true,
+                ..spec("nts.example", false)
+            }],
+            false,
+        );
+        assert_eq!(e.take_resolves().len(), 1);
+        e.nts_keyed(
+            0,
+            Keys {
+                c2s: [1; 32],
+                s2c: [2; 32],
+                cookies: (0..cookies).map(|i| vec![i as u8; 64]).collect(),
+            },
+        );
+        e.resolved(0, Ok(vec![addr(1)]), 0.0);
+        e
+    }
+
+    /// The server's answer to an NTS `request`: the identifier echoed,
+    /// one new cookie, sealed under `s2c`; `tamper` flips its last byte.
+    #[cfg(feature = "tls")]
+    fn nts_reply(request: &[u8], s2c: &[u8; 32], tamper: bool) -> Vec<u8> {
+        use super::super::nts::{aead, extension as ext};
+        let fields = ext::fields(request).expect("request fields");
+        let uid = fields
+            .iter()
+            .find(|f| f.kind == ext::UNIQUE_IDENTIFIER)
+            .expect("identifier")
+            .body;
+        let origin = packet::Packet::decode(request).unwrap().transmit_time;
+        let mut p = packet::Packet {
+            version: 4,
+            mode: packet::MODE_SERVER,
+            stratum: 2,
+            precision: -20,
+            origin_time: origin,
+            receive_time: NtpTime(0xe000_0000_0000_0000),
+            transmit_time: NtpTime(0xe000_0000_0000_0000),
+            ..packet::Packet::default()
+        }
+        .encode()
+        .to_vec();
+        ext::push_field(&mut p, ext::UNIQUE_IDENTIFIER, uid);
+        let mut plain = Vec::new();
+        ext::push_field(&mut plain, ext::NTS_COOKIE, &[9; 64]);
+        let nonce = [7u8; 16];
+        let sealed = aead::seal(s2c, &nonce, &p, &plain).unwrap();
+        let mut body = vec![0, 16, 0, sealed.len() as u8];
+        body.extend_from_slice(&nonce);
+        body.extend_from_slice(&sealed);
+        ext::push_field(&mut p, ext::AUTHENTICATOR, &body);
+        if tamper {
+            let last = p.len() - 1;
+            p[last] ^= 1;
+        }
+        p
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn nts_replies_are_authenticated_and_refill_cookies() {
+        let mut e = nts_engine(8);
+        let (to, request) = e.transmit(0, 0.0).expect("request");
+        assert!(request.len() > packet::HEADER_LEN, "carries NTS fields");
+        assert_eq!(e.sources[0].nts.cookies(), 7);
+        let sent = e.sources[0].in_flight.as_ref().unwrap().pending.sent;
+        // A tampered reply is dropped and counted; the request stays open.
+        let bad = nts_reply(&request, &[2; 32], true);
+        assert!(matches!(
+            e.receive(0, to, &bad, sent, 0.01),
+            Err(Reject::Nts(NtsReject::Unauthenticated))
+        ));
+        assert_eq!(e.sources[0].nts.rejected, 1);
+        assert!(e.sources[0].in_flight.is_some());
+        let good = nts_reply(&request, &[2; 32], false);
+        let received = NtpTime(0xe000_0000_0000_0000);
+        let _ = e.receive(0, to, &good, received, 0.01);
+        assert!(e.sources[0].nts.authenticated);
+        assert_eq!(e.sources[0].nts.cookies(), 8);
+        // A replay of the same (now answered) reply is not ours any more.
+        assert!(e.receive(0, to, &good, received, 0.02).is_err());
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn nts_rekeys_when_cookies_run_out_and_on_a_nak() {
+        let mut e = nts_engine(1);
+        e.transmit(0, 0.0).expect("request");
+        assert_eq!(e.sources[0].nts.cookies(), 0);
+        // No reply, so no cookie back: the next poll asks for new keys.
+        assert!(e.transmit(0, 2.0).is_none());
+        assert_eq!(e.sources[0].state, State::Resolving);
+        assert_eq!(e.take_resolves().len(), 1);
+
+        let mut e = nts_engine(4);
+        let (to2, request2) = e.transmit(0, 0.0).expect("request");
+        let mut nak = packet::Packet {
+            version: 4,
+            mode: packet::MODE_SERVER,
+            reference_id: *b"NTSN",
+            origin_time: packet::Packet::decode(&request2).unwrap().transmit_time,
+            ..packet::Packet::default()
+        }
+        .encode()
+        .to_vec();
+        let fields = super::super::nts::extension::fields(&request2).unwrap();
+        super::super::nts::extension::push_field(&mut nak, 0x0104, fields[0].body);
+        assert_eq!(
+            e.receive(0, to2, &nak, NtpTime(1), 0.01),
+            Err(Reject::Nts(NtsReject::Nak))
+        );
+        assert_eq!(e.sources[0].state, State::Resolving);
+        assert_eq!(e.sources[0].nts.naks, 1);
+        assert!(!e.sources[0].nts.ready());
+        assert_eq!(e.take_resolves().len(), 1);
     }
 
     #[test]

@@ -38,6 +38,13 @@ enum Msg {
         source: usize,
         result: Result<Vec<SocketAddr>, String>,
     },
+    /// NTS key establishment for `source`, then the NTP server's addresses.
+    #[cfg(feature = "tls")]
+    Keyed {
+        epoch: u64,
+        source: usize,
+        result: Result<(super::nts::cookies::Keys, Vec<SocketAddr>), String>,
+    },
 }
 
 /// One source's socket and the task forwarding what arrives on it.
@@ -89,6 +96,9 @@ struct Shell {
     tx: mpsc::Sender<Msg>,
     resolver: Option<Arc<resolve::SystemResolver>>,
     resolving: Vec<JoinHandle<()>>,
+    /// The TLS client configuration for NTS-KE (built when NTS is used).
+    #[cfg(feature = "tls")]
+    nts_tls: Option<Arc<crate::tls::rustls::ClientConfig>>,
     start: Instant,
     last_state: String,
     last_notify: String,
@@ -122,6 +132,8 @@ async fn run(config: Config, mut ctx: Context) -> ServiceResult {
         }
     }
     let servers = config.servers().map_err(ServiceError::from)?;
+    #[cfg(feature = "tls")]
+    let nts_tls = nts_tls_config(&config, &servers)?;
     let start = Instant::now();
     let engine = Engine::new(engine_config(&config), servers, clock, 0.0);
     let (tx, mut rx) = mpsc::channel(64);
@@ -133,6 +145,8 @@ async fn run(config: Config, mut ctx: Context) -> ServiceResult {
         tx,
         resolver: None,
         resolving: Vec::new(),
+        #[cfg(feature = "tls")]
+        nts_tls,
         start,
         last_state: String::new(),
         last_notify: String::new(),
@@ -261,6 +275,11 @@ impl Shell {
                 }
             }
         }
+        // A request that could not go out may have asked for a new NTS key
+        // establishment (out of cookies): start it now, not at the next event.
+        for (id, host, port) in self.engine.take_resolves() {
+            self.resolve(id, host, port);
+        }
         for notice in self.engine.take_notices() {
             self.run_hook(&notice);
         }
@@ -268,6 +287,11 @@ impl Shell {
 
     fn resolve(&mut self, id: usize, host: String, port: u16) {
         let now = self.now();
+        #[cfg(feature = "tls")]
+        if self.engine.sources.get(id).is_some_and(|s| s.spec.nts) {
+            self.establish(id, host, port);
+            return;
+        }
         if let Some(addr) = resolve::literal(&host, port) {
             self.engine.resolved(id, Ok(vec![addr]), now);
             return;
@@ -299,6 +323,39 @@ impl Shell {
         }));
     }
 
+    /// NTS key establishment with `host:port`, then resolution of the NTP
+    /// server it names (or `host`, port 123), in a task.
+    #[cfg(feature = "tls")]
+    fn establish(&mut self, id: usize, host: String, port: u16) {
+        use super::nts::client;
+        let Some(tls) = self.nts_tls.clone() else {
+            let now = self.now();
+            self.engine
+                .resolved(id, Err("no TLS configuration for NTS".into()), now);
+            return;
+        };
+        if self.resolver.is_none() {
+            match resolve::system_resolver() {
+                Ok(r) => self.resolver = Some(Arc::new(r)),
+                Err(e) => tracing::debug!("no resolver: {e}"),
+            }
+        }
+        let resolver = self.resolver.clone();
+        let tx = self.tx.clone();
+        let epoch = self.epoch;
+        self.resolving.retain(|t| !t.is_finished());
+        self.resolving.push(tokio::spawn(async move {
+            let result = client::establish_and_resolve(tls, resolver, host, port).await;
+            let _ = tx
+                .send(Msg::Keyed {
+                    epoch,
+                    source: id,
+                    result,
+                })
+                .await;
+        }));
+    }
+
     /// The socket for source `id`, (re)opened when its address changed.
     fn socket_for(
         &mut self,
@@ -319,7 +376,8 @@ impl Shell {
         let tx = self.tx.clone();
         let epoch = self.epoch;
         let reader = tokio::spawn(async move {
-            let mut buf = vec![0u8; 1024];
+            // NTS replies carry up to eight cookies: ~1 KiB with 100-byte ones.
+            let mut buf = vec![0u8; 2048];
             loop {
                 match reader_sock.recv(&mut buf).await {
                     Ok((n, from, stamp)) => {
@@ -368,6 +426,18 @@ impl Shell {
                 source,
                 result,
             } if epoch == self.epoch => self.engine.resolved(source, result, now),
+            #[cfg(feature = "tls")]
+            Msg::Keyed {
+                epoch,
+                source,
+                result,
+            } if epoch == self.epoch => match result {
+                Ok((keys, addrs)) => {
+                    self.engine.nts_keyed(source, keys);
+                    self.engine.resolved(source, Ok(addrs), now);
+                }
+                Err(e) => self.engine.resolved(source, Err(e), now),
+            },
             _ => {}
         }
     }
@@ -382,6 +452,14 @@ impl Shell {
                         return;
                     }
                 };
+                #[cfg(feature = "tls")]
+                match nts_tls_config(&config, &servers) {
+                    Ok(tls) => self.nts_tls = tls,
+                    Err(e) => {
+                        tracing::error!("reload: {e}; keeping the old configuration");
+                        return;
+                    }
+                }
                 tracing::info!("configuration reloaded");
                 self.epoch += 1;
                 self.sockets.clear();
@@ -493,6 +571,13 @@ impl Shell {
                 delay: best.map(|b| b.delay),
                 note,
                 selection: selection_word(s).into(),
+                nts: match (s.spec.nts, s.nts.authenticated) {
+                    (false, _) => String::new(),
+                    (true, true) => "authenticated".into(),
+                    (true, false) => "not authenticated".into(),
+                },
+                nts_rejected: s.nts.rejected,
+                nts_cookies: s.nts.cookies(),
             });
         }
         snap
@@ -543,6 +628,21 @@ impl Shell {
         }
         Ok(())
     }
+}
+
+/// The NTS-KE client configuration, when any server uses NTS: a CA file
+/// that cannot be read stops the start with one line naming it.
+#[cfg(feature = "tls")]
+fn nts_tls_config(
+    config: &Config,
+    servers: &[super::source::ServerSpec],
+) -> Result<Option<Arc<crate::tls::rustls::ClientConfig>>, ServiceError> {
+    if !servers.iter().any(|s| s.nts) {
+        return Ok(None);
+    }
+    super::nts::client::config(config.nts_ca())
+        .map(Some)
+        .map_err(ServiceError::from)
 }
 
 /// The selection state `--status` shows for a source.

@@ -4,7 +4,8 @@
 //! The protocol and every decision live in a sans-IO core: `packet` (wire
 //! format), `filter` (samples, spikes, selection), `poll` (interval),
 //! `discipline` (phase and frequency), `source` and `engine` (servers,
-//! failover, rounds), over a `clock` backend trait (real, simulated, none).
+//! failover, rounds), `nts` (RFC 8915: key establishment records,
+//! extension fields, AES-SIV, cookies), over a `clock` backend trait (real, simulated, none).
 //! The tokio shell around it is `manager` (sockets with kernel receive
 //! timestamps, `resolve` with hickory, timers, `clockwatch`, `clockfile`,
 //! `status`, `hook`); `options` and `config` read the command line and
@@ -20,6 +21,7 @@ pub mod engine;
 pub mod filter;
 pub mod hook;
 pub mod manager;
+pub mod nts;
 pub mod options;
 pub mod packet;
 pub mod poll;

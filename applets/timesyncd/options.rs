@@ -81,6 +81,12 @@ struct Args {
     /// With -l as root: become USER after binding, keeping CAP_SYS_TIME (chrony)
     #[arg(short = 'u', long = "user", value_name = "USER")]
     user: Option<String>,
+    /// Use NTS (RFC 8915) with every -s server: HOST[:PORT] is its NTS-KE server (port 4460)
+    #[arg(long)]
+    nts: bool,
+    /// CA certificates (PEM) NTS-KE servers are checked against (default: the system's)
+    #[arg(long = "nts-ca", value_name = "FILE")]
+    nts_ca: Option<PathBuf>,
     /// Print version information
     #[arg(short = 'V', long)]
     version: bool,
@@ -137,6 +143,10 @@ pub struct Config {
     pub interface: Option<String>,
     pub user: Option<String>,
     pub bound: BoundSockets,
+    /// `--nts`: the -s servers are NTS-KE servers.
+    pub cli_nts: bool,
+    /// `--nts-ca`, overriding NTSTrustedCertificates=.
+    pub cli_nts_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -158,21 +168,36 @@ impl Config {
             host: s.host.clone(),
             port: s.port,
             fallback,
+            nts: false,
         };
-        let primaries: Vec<Server> = if self.cli_servers.is_empty() {
-            self.time.ntp.clone().unwrap_or_default()
+        let nts_spec = |s: &Server| ServerSpec {
+            nts: true,
+            ..spec(s, false)
+        };
+        let (primaries, nts): (Vec<Server>, Vec<Server>) = if self.cli_servers.is_empty() {
+            (
+                self.time.ntp.clone().unwrap_or_default(),
+                self.time.nts.clone().unwrap_or_default(),
+            )
+        } else if self.cli_nts {
+            (vec![], self.cli_servers.clone())
         } else {
-            self.cli_servers.clone()
+            (self.cli_servers.clone(), vec![])
         };
+        if !nts.is_empty() && !cfg!(feature = "tls") {
+            return Err("NTS needs TLS, and this build has none (feature tls)".into());
+        }
         let fallback: Vec<Server> = match (&self.time.fallback_ntp, self.cli_servers.is_empty()) {
             (Some(list), _) => list.clone(),
-            (None, true) => DEFAULT_FALLBACK
+            // NTS servers alone do not fall back to unauthenticated ones.
+            (None, true) if nts.is_empty() => DEFAULT_FALLBACK
                 .iter()
                 .filter_map(|h| parse_server(h).ok())
                 .collect(),
-            (None, false) => vec![],
+            (None, _) => vec![],
         };
-        let mut out: Vec<ServerSpec> = primaries.iter().map(|s| spec(s, false)).collect();
+        let mut out: Vec<ServerSpec> = nts.iter().map(nts_spec).collect();
+        out.extend(primaries.iter().map(|s| spec(s, false)));
         out.extend(fallback.iter().map(|s| spec(s, true)));
         let local_only = {
             let server = self.server();
@@ -185,6 +210,13 @@ impl Config {
             ));
         }
         Ok(out)
+    }
+
+    /// The CA file NTS-KE servers are checked against; `None`: the system's.
+    pub fn nts_ca(&self) -> Option<&Path> {
+        self.cli_nts_ca
+            .as_deref()
+            .or(self.time.nts_trusted_certificates.as_deref())
     }
 
     /// Rereads the configuration file (SIGHUP).
@@ -291,11 +323,19 @@ fn validate(args: Args) -> Result<(Config, Vec<String>), String> {
     if args.listen && (args.once || args.dry_run) {
         return Err("-l serves time as a daemon: not with -q or -Q".into());
     }
+    let parse_cli = if args.nts {
+        config::parse_nts_server
+    } else {
+        parse_server
+    };
     let cli_servers = args
         .servers
         .iter()
-        .map(|s| parse_server(s))
+        .map(|s| parse_cli(s))
         .collect::<Result<Vec<_>, _>>()?;
+    if args.nts && cli_servers.is_empty() {
+        return Err("--nts needs at least one -s server".into());
+    }
     let config_explicit = args.config.is_some();
     let config_path = args.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     let (time, warnings) = load_file(&config_path, config_explicit)?;
@@ -332,6 +372,8 @@ fn validate(args: Args) -> Result<(Config, Vec<String>), String> {
         interface: args.interface,
         user: args.user,
         bound: BoundSockets::default(),
+        cli_nts: args.nts,
+        cli_nts_ca: args.nts_ca.map(absolute),
     };
 
     config.servers()?;
@@ -462,5 +504,25 @@ mod tests {
     fn explicit_missing_config_is_an_error() {
         let e = config(&["-c", "/nonexistent/x.conf", "-s", "10.0.0.1"]).unwrap_err();
         assert!(e.contains("/nonexistent/x.conf"), "{e}");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn nts_servers_default_to_the_ke_port_and_come_first() {
+        let c = config(&["-s", "time.example", "-s", "b.example:4461", "--nts"]).unwrap();
+        let servers = c.servers().unwrap();
+        assert!(servers.iter().all(|s| s.nts && !s.fallback));
+        assert_eq!(servers[0].port, 4460);
+        assert_eq!(servers[1].port, 4461);
+        let c = config(&["-s", "time.example", "--nts-ca", "/etc/ca.pem", "--nts"]).unwrap();
+        assert_eq!(c.nts_ca(), Some(Path::new("/etc/ca.pem")));
+        assert!(config(&["--nts"]).unwrap_err().contains("--nts"));
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn without_tls_nts_is_refused_in_one_line() {
+        let e = config(&["-s", "time.example", "--nts"]).unwrap_err();
+        assert_eq!(e, "NTS needs TLS, and this build has none (feature tls)");
     }
 }

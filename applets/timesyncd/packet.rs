@@ -176,6 +176,9 @@ pub enum Reject {
     RootDistance(f64),
     /// The timestamps do not make sense (negative delay beyond rounding).
     Nonsense,
+    /// An NTS source's reply failed authentication, had another unique
+    /// identifier, or was a NAK.
+    Nts(super::nts::extension::NtsReject),
 }
 
 /// Kiss-o'-death codes a client must act on (RFC 5905 §7.4).
@@ -207,6 +210,7 @@ impl fmt::Display for Reject {
             Reject::ZeroTransmit => write!(f, "zero transmit timestamp"),
             Reject::RootDistance(d) => write!(f, "root distance {d:.3}s too large"),
             Reject::Nonsense => write!(f, "inconsistent timestamps"),
+            Reject::Nts(why) => write!(f, "{why}"),
         }
     }
 }

@@ -159,6 +159,7 @@ pub fn run(sc: &Scenario) -> Report {
             host: format!("server{i}"),
             port: 123,
             fallback: false,
+            nts: false,
         })
         .collect();
     let mut engine = Engine::new(sc.config.clone(), specs, clock, 0.0);

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use super::filter::{SampleFilter, SpikeDetector};
+use super::nts::cookies::NtsState;
 use super::packet::{Pending, Reply};
 
 /// A server as configured: `NAME[:PORT]`.
@@ -13,6 +14,9 @@ pub struct ServerSpec {
     pub port: u16,
     /// From FallbackNTP=: only used once every other server has failed.
     pub fallback: bool,
+    /// From NTS= (or `--nts`): `host:port` is the NTS-KE server, NTP goes
+    /// where key establishment says, every reply is authenticated.
+    pub nts: bool,
 }
 
 impl ServerSpec {
@@ -93,6 +97,8 @@ pub struct Source {
     pub done: bool,
     /// When it became unreachable (retried after ConnectionRetrySec).
     pub failed_at: Option<f64>,
+    /// Keys, cookies and counts of an NTS source (unused otherwise).
+    pub nts: NtsState,
 }
 
 impl Source {
@@ -123,6 +129,7 @@ impl Source {
             packets: 0,
             done: false,
             failed_at: None,
+            nts: NtsState::default(),
         }
     }
 

@@ -21,6 +21,12 @@ pub struct SourceLine {
     /// How selection judged it: `selected`, `candidate`, `falseticker`,
     /// `spike` (its newest sample was filtered out) or empty.
     pub selection: String,
+    /// NTS sources only: `authenticated` once a reply passed NTS, else
+    /// `not authenticated`; empty for plain NTP.
+    pub nts: String,
+    /// NTS replies dropped (failed authentication or not our identifier).
+    pub nts_rejected: u64,
+    pub nts_cookies: usize,
 }
 
 impl SourceLine {
@@ -109,6 +115,13 @@ impl Snapshot {
             if !s.selection.is_empty() {
                 let _ = writeln!(out, "selection_of_source={}", s.selection);
             }
+            if !s.nts.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "nts_of_source={}|{}|{}",
+                    s.nts, s.nts_cookies, s.nts_rejected
+                );
+            }
         }
         out
     }
@@ -144,6 +157,14 @@ impl Snapshot {
                         last.selection = value.to_owned();
                     }
                 }
+                "nts_of_source" => {
+                    let mut parts = value.split('|');
+                    if let Some(last) = s.sources.last_mut() {
+                        last.nts = parts.next().unwrap_or_default().to_owned();
+                        last.nts_cookies = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                        last.nts_rejected = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                    }
+                }
                 "source" => {
                     let fields: Vec<&str> = value.splitn(8, '|').collect();
                     if fields.len() == 8 {
@@ -157,7 +178,7 @@ impl Snapshot {
                             offset: opt(fields[5]),
                             delay: opt(fields[6]),
                             note: fields[7].to_owned(),
-                            selection: String::new(),
+                            ..SourceLine::default()
                         });
                     }
                 }
@@ -236,6 +257,13 @@ impl Snapshot {
                         " offset {} delay {}",
                         format_offset(o),
                         format_duration(d)
+                    );
+                }
+                if !s.nts.is_empty() {
+                    let _ = write!(
+                        out,
+                        " NTS {}, {} cookies, {} rejected",
+                        s.nts, s.nts_cookies, s.nts_rejected
                     );
                 }
                 if !s.note.is_empty() {
@@ -327,6 +355,9 @@ mod tests {
                 delay: Some(0.000412),
                 note: String::new(),
                 selection: "selected".into(),
+                nts: "authenticated".into(),
+                nts_cookies: 8,
+                nts_rejected: 1,
             }],
         }
     }
@@ -351,6 +382,10 @@ mod tests {
         assert!(text.contains(" Synchronized: yes"), "{text}");
         assert!(text.contains("       Offset: +12us"), "{text}");
         assert!(text.contains("reach 377"), "{text}");
+        assert!(
+            text.contains(" NTS authenticated, 8 cookies, 1 rejected"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "* localhost                127.0.0.1:123            active       selected"
