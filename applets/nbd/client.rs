@@ -993,6 +993,7 @@ mod tests {
             format: None,
             load_snapshot: None,
             pid_file: None,
+            tls: None,
         }
     }
 
