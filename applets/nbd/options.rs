@@ -404,9 +404,25 @@ fn tls_options(args: &Args, mode: &Mode) -> Result<Option<TlsOptions>, String> {
     if authz_identity.is_some() && !creds.verify_peer {
         return Err("--tls-authz needs client certificates: verify-peer=off refuses them".into());
     }
+    // -L checks the server's certificate against the name it dials, as qemu does.
+    let hostname = match (&args.tls_hostname, &args.socket) {
+        (Some(name), _) => Some(name.clone()),
+        (None, Some(_)) => None,
+        (None, None) => {
+            let host = args.bind.trim_start_matches('[').trim_end_matches(']');
+            match host.parse::<std::net::IpAddr>() {
+                Ok(ip) if ip.is_unspecified() => None,
+                _ => Some(host.to_string()),
+            }
+        }
+    };
     Ok(Some(TlsOptions {
         creds,
-        hostname: args.tls_hostname.clone(),
+        hostname: if wanted == Endpoint::Client {
+            hostname
+        } else {
+            None
+        },
         authz_identity,
     }))
 }
