@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-peers=(qemu-utils nbdkit libnbd-bin python3-libnbd fio chrony busybox-static arping tcpdump iproute2 fdisk)
+peers=(qemu-utils nbdkit libnbd-bin python3-libnbd fio chrony busybox-static arping tcpdump iproute2 fdisk openssl)
 missing=()
 for pkg in "${peers[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
