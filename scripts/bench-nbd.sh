@@ -184,5 +184,5 @@ for m in randread randwrite seqread nbdcopy; do
     has toolbox && has qemu-nbd && printf '%18s' "$(ratio "${result[toolbox,$m]}" "${result[qemu-nbd,$m]}" $inv)"
     echo
 done
-[ "$tls" = 1 ] && fmt="$fmt over TLS"
-echo "($fmt image, median of $rounds round(s); ratios > 1 mean toolbox is better; for nbdcopy the ratio is speed, i.e. time(other)/time(toolbox))"
+over=""; [ "$tls" = 1 ] && over=" over TLS"
+echo "($fmt image$over, median of $rounds round(s); ratios > 1 mean toolbox is better; for nbdcopy the ratio is speed, i.e. time(other)/time(toolbox))"
