@@ -333,9 +333,6 @@ fn tls_options(args: &Args, mode: &Mode) -> Result<Option<TlsOptions>, String> {
         || args.tls_creds.is_some()
         || args.tls_authz.is_some()
         || args.tls_hostname.is_some();
-    if any && !cfg!(feature = "tls") {
-        return Err("TLS is not available: this toolbox was built without the tls feature".into());
-    }
     let objects = args
         .object
         .iter()
@@ -350,6 +347,9 @@ fn tls_options(args: &Args, mode: &Mode) -> Result<Option<TlsOptions>, String> {
         if objects[..i].iter().any(|p| p.id() == o.id()) {
             return Err(format!("--object: duplicate id '{}'", o.id()));
         }
+    }
+    if any && !cfg!(feature = "tls") {
+        return Err("TLS is not available: this toolbox was built without the tls feature".into());
     }
     let find = |id: &str| objects.iter().find(|o| o.id() == id);
     let Some(creds_id) = &args.tls_creds else {
