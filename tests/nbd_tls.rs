@@ -440,3 +440,31 @@ fn list_over_tls_checks_the_server_name() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("requires TLS"));
 }
+
+#[test]
+fn before_starttls_options_get_tls_reqd_and_export_name_hangs_up() {
+    if missing(&["openssl"]) {
+        return;
+    }
+    use std::io::Read;
+    const REP_ERR_TLS_REQD: u32 = (1 << 31) + 5;
+    let dir = TempDir::new("nbd-tls-raw");
+    let pki = make_pki(&dir);
+    let img = image(&dir, 1 << 20);
+    let (_d, sock) = serve_tls(&dir, &pki, "", &["-e", "2", img.to_str().unwrap()]);
+    let mut client = common::nbd::RawClient::connect(&sock);
+    // LIST, STRUCTURED_REPLY, INFO, GO: each refused, the connection kept.
+    for option in [3u32, 8, 6, 7] {
+        let data: &[u8] = if option >= 6 {
+            &[0, 0, 0, 0, 0, 0]
+        } else {
+            &[]
+        };
+        client.option(option, data);
+        assert_eq!(client.option_reply().0, REP_ERR_TLS_REQD, "option {option}");
+    }
+    client.option(common::nbd::OPT_EXPORT_NAME, b"");
+    let mut rest = Vec::new();
+    let _ = client.sock.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "export data sent before TLS: {rest:?}");
+}
