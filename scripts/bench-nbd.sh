@@ -8,23 +8,30 @@
 # image of the same content (toolbox vs qemu-nbd; nbdkit has no qcow2 writer).
 # With --rounds N the servers take turns N times (A/B/A/B...) and the
 # median of each figure is shown, which evens out a noisy machine.
+# With --tls (or TLS=1) every server requires TLS with the same openssl-made
+# certificates (client certificates verified: qemu's default, nbdkit's
+# --tls-verify-peer). fio's nbd engine cannot be given a certificate
+# directory in its URI, so fio runs as nobody with HOME holding
+# .pki/libnbd, libnbd's default place; nbdcopy gets tls-certificates=.
 #
-#   scripts/bench-nbd.sh [--quick] [--qcow2] [--rounds N] [--only toolbox,qemu-nbd,nbdkit]
+#   scripts/bench-nbd.sh [--quick] [--qcow2] [--tls] [--rounds N] [--only toolbox,qemu-nbd,nbdkit]
 #   env: RUNTIME (s per fio run, default 15), BENCH_DIR, TOOLBOX, QCOW2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 runtime=${RUNTIME:-15}
 qcow2=${QCOW2:-0}
+tls=${TLS:-0}
 rounds=1
 only=""
 while (($#)); do
     case $1 in
         --quick) runtime=5 ;;
         --qcow2) qcow2=1 ;;
+        --tls) tls=1 ;;
         --rounds) rounds=$2; shift ;;
         --only) only=$2; shift ;;
-        *) echo "usage: $0 [--quick] [--qcow2] [--rounds N] [--only LIST]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--quick] [--qcow2] [--tls] [--rounds N] [--only LIST]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -61,15 +68,50 @@ if [ "$qcow2" = 1 ]; then
 fi
 cat "$img" >/dev/null
 
+uri="nbd+unix:///?socket=$sock"
+copy_uri=$uri
+toolbox_tls=() qemu_tls=() nbdkit_tls=() as_client=()
+if [ "$tls" = 1 ]; then
+    command -v openssl >/dev/null || { echo "bench-nbd.sh: openssl is missing" >&2; exit 1; }
+    pki=$dir/pki
+    mkdir -p "$pki" "$dir/home/.pki"
+    (
+        cd "$pki"
+        openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca-cert.pem -days 2 \
+            -subj "/CN=bench CA" -addext basicConstraints=critical,CA:TRUE \
+            -addext keyUsage=critical,keyCertSign,cRLSign
+        printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' >server.ext
+        printf 'extendedKeyUsage=clientAuth\n' >client.ext
+        for who in server client; do
+            openssl req -newkey rsa:2048 -nodes -keyout $who-key.pem -out $who.csr -subj "/CN=localhost"
+            openssl x509 -req -in $who.csr -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial \
+                -out $who-cert.pem -days 2 -extfile $who.ext
+        done
+    ) >/dev/null 2>&1
+    cp -r "$pki" "$dir/home/.pki/libnbd"
+    chmod 755 "$dir"
+    chown -R 65534:65534 "$dir/home"
+    uri="nbds+unix:///?socket=$sock"
+    copy_uri="$uri&tls-certificates=$pki"
+    toolbox_tls=(--object "tls-creds-x509,id=tls0,dir=$pki,endpoint=server" --tls-creds tls0)
+    qemu_tls=("${toolbox_tls[@]}")
+    nbdkit_tls=(--tls=require "--tls-certificates=$pki" --tls-verify-peer)
+    as_client=(setpriv --reuid=65534 --regid=65534 --clear-groups env "HOME=$dir/home")
+fi
+
 start_server() {
     rm -f "$sock"
     case $1 in
-        toolbox) "$toolbox" nbd -t -e 8 -f $fmt --cache=writeback -k "$sock" "$img" & ;;
-        qemu-nbd) qemu-nbd -t -e 8 -f $fmt --cache=writeback --aio=threads -k "$sock" "$img" & ;;
-        nbdkit) nbdkit --foreground -U "$sock" file "$img" & ;;
+        toolbox) "$toolbox" nbd -t -e 8 -f $fmt --cache=writeback "${toolbox_tls[@]}" -k "$sock" "$img" & ;;
+        qemu-nbd) qemu-nbd -t -e 8 -f $fmt --cache=writeback --aio=threads "${qemu_tls[@]}" -k "$sock" "$img" & ;;
+        nbdkit) nbdkit --foreground "${nbdkit_tls[@]}" -U "$sock" file "$img" & ;;
     esac
     server_pid=$!
-    for _ in $(seq 100); do [ -S "$sock" ] && return; sleep 0.05; done
+    for _ in $(seq 100); do
+        # (fio may run as nobody: let it connect.)
+        [ -S "$sock" ] && { chmod 777 "$sock"; return; }
+        sleep 0.05
+    done
     echo "bench-nbd.sh: $1 did not start" >&2
     exit 1
 }
@@ -82,10 +124,12 @@ stop_server() {
 
 # fio RW BS DEPTH FIELD -> the number (iops or MiB/s)
 fio_run() {
-    fio --name=bench --ioengine=nbd --uri="nbd+unix:///?socket=$sock" \
+    rm -f "$dir/home/fio.json"
+    mkdir -p "$dir/home"
+    "${as_client[@]}" fio --name=bench --ioengine=nbd --uri="$uri" \
         --rw="$1" --bs="$2" --iodepth="$3" --size=1G --time_based \
-        --runtime="$runtime" --ramp_time=2 --output-format=json --output="$dir/fio.json" >/dev/null
-    python3 - "$dir/fio.json" "$4" <<'PY'
+        --runtime="$runtime" --ramp_time=2 --output-format=json --output="$dir/home/fio.json" >/dev/null
+    python3 - "$dir/home/fio.json" "$4" <<'PY'
 import json, sys
 job = json.load(open(sys.argv[1]))["jobs"][0]
 side = job["read"] if job["read"]["io_bytes"] else job["write"]
@@ -105,7 +149,7 @@ for ((round = 1; round <= rounds; round++)); do
         result[$server,randwrite]+=" $(fio_run randwrite 4k 32 iops)"
         result[$server,seqread]+=" $(fio_run read 1M 8 bw)"
         start=$(date +%s.%N)
-        nbdcopy "nbd+unix:///?socket=$sock" null:
+        nbdcopy "$copy_uri" null:
         result[$server,nbdcopy]+=" $(python3 -c "import time; print(f'{time.time() - $start:.2f}')")"
         stop_server
     done
@@ -140,4 +184,5 @@ for m in randread randwrite seqread nbdcopy; do
     has toolbox && has qemu-nbd && printf '%18s' "$(ratio "${result[toolbox,$m]}" "${result[qemu-nbd,$m]}" $inv)"
     echo
 done
-echo "($fmt image, median of $rounds round(s); ratios > 1 mean toolbox is better; for nbdcopy the ratio is speed, i.e. time(other)/time(toolbox))"
+over=""; [ "$tls" = 1 ] && over=" over TLS"
+echo "($fmt image$over, median of $rounds round(s); ratios > 1 mean toolbox is better; for nbdcopy the ratio is speed, i.e. time(other)/time(toolbox))"

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use super::options::{Config, Listen};
+use super::options::{Config, Listen, TlsOptions};
 use super::proto::*;
 
 /// The oldstyle handshake's second magic ("cliserv" magic): size and flags follow at once.
@@ -65,8 +65,41 @@ pub struct ExportInfo {
 /// `-L`: the text qemu-nbd prints for a server's exports.
 pub fn list(config: &Config) -> Result<String, String> {
     let mut conn = connect(&config.listen)?;
-    let listing = query_exports(&mut conn)?;
+    let listing = match &config.tls {
+        None => query_exports(&mut conn)?,
+        Some(tls) => list_over_tls(conn, tls)?,
+    };
     Ok(render(&listing))
+}
+
+#[cfg(feature = "tls")]
+fn list_over_tls(mut conn: Connection, tls: &TlsOptions) -> Result<Listing, String> {
+    use crate::tls::rustls::{pki_types::ServerName, ClientConnection, StreamOwned};
+    let hostname = tls.hostname.as_deref().unwrap_or("localhost");
+    let name = ServerName::try_from(hostname.to_string())
+        .map_err(|_| format!("--tls-hostname: '{hostname}' is not a host name"))?;
+    let config = super::tls::client_config(&tls.creds)?;
+    match greet(&mut conn)? {
+        Greeting::Newstyle { fixed: true, .. } => {}
+        _ => return Err("server cannot do TLS (no fixed newstyle handshake)".into()),
+    }
+    send_option(&mut conn, OPT_STARTTLS, &[])?;
+    let reply = read_reply(&mut conn, OPT_STARTTLS)?;
+    if reply.kind != REP_ACK {
+        return Err(refusal(OPT_STARTTLS, &reply));
+    }
+    let session = ClientConnection::new(config, name).map_err(|e| format!("TLS: {e}"))?;
+    let mut stream = StreamOwned::new(session, conn);
+    stream
+        .conn
+        .complete_io(&mut stream.sock)
+        .map_err(|e| format!("TLS handshake with the server failed: {e}"))?;
+    query_options(&mut stream)
+}
+
+#[cfg(not(feature = "tls"))]
+fn list_over_tls(_conn: Connection, _tls: &TlsOptions) -> Result<Listing, String> {
+    Err("TLS is not available: this toolbox was built without the tls feature".into())
 }
 
 /// Negotiates `export_name` and leaves `stream` in the transmission phase
@@ -698,6 +731,11 @@ fn query_exports<S: Read + Write>(stream: &mut S) -> Result<Listing, String> {
     if !fixed {
         return Err("server does not support export lists (no fixed newstyle handshake)".into());
     }
+    query_options(stream)
+}
+
+/// The options of `-L` after the greeting (and after STARTTLS, over TLS).
+fn query_options<S: Read + Write>(stream: &mut S) -> Result<Listing, String> {
     // Like qemu: extended headers if offered, else structured replies; the
     // meta context listing needs one of the two.
     let extended = request_simple_option(stream, OPT_EXTENDED_HEADERS)?;
@@ -993,6 +1031,7 @@ mod tests {
             format: None,
             load_snapshot: None,
             pid_file: None,
+            tls: None,
         }
     }
 

@@ -10,10 +10,14 @@ pub mod client;
 pub mod export;
 pub mod kernel;
 pub mod negotiate;
+pub mod objects;
 pub mod options;
 pub mod partition;
 pub mod proto;
 pub mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod transmission;
+pub mod x509_name;
 
 pub use options::parse;

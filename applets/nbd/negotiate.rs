@@ -42,6 +42,17 @@ impl From<std::io::Error> for Refused {
     }
 }
 
+/// Where the connection stands with TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tls {
+    /// Not offered: NBD_OPT_STARTTLS is unsupported.
+    Off,
+    /// Required and not yet started: only NBD_OPT_STARTTLS and NBD_OPT_ABORT are served.
+    Required,
+    /// Running over TLS.
+    Active,
+}
+
 struct State {
     style: ReplyStyle,
     base_allocation: bool,
@@ -49,9 +60,47 @@ struct State {
     /// The client set NBD_FLAG_C_FIXED_NEWSTYLE; without it only
     /// NBD_OPT_EXPORT_NAME is understood.
     fixed: bool,
+    tls: Tls,
 }
 
+/// The option phase between the greeting and the transmission phase;
+/// carried across the TLS handshake that NBD_OPT_STARTTLS starts.
+pub struct OptionPhase {
+    state: State,
+}
+
+impl OptionPhase {
+    /// The TLS handshake after NBD_OPT_STARTTLS succeeded: options continue over it.
+    pub fn tls_established(&mut self) {
+        self.state.tls = Tls::Active;
+    }
+}
+
+/// How the option phase ended when it did not fail.
+#[derive(Debug)]
+pub enum Phase {
+    Transmit(Negotiated),
+    /// NBD_OPT_STARTTLS was acknowledged: the caller runs the TLS handshake
+    /// on the same stream and then continues with [`options`].
+    StartTls,
+}
+
+/// Negotiation without TLS: greeting, then options until the export is picked.
 pub async fn negotiate<S>(stream: &mut S, export: &Export) -> Result<Negotiated, Refused>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut phase = greet(stream, false).await?;
+    match options(stream, export, &mut phase).await? {
+        Phase::Transmit(n) => Ok(n),
+        Phase::StartTls => Err(Refused::Failed("TLS was not offered".into())),
+    }
+}
+
+/// Sends the greeting and reads the client's flags. With `tls_required`,
+/// every option but NBD_OPT_STARTTLS and NBD_OPT_ABORT is refused with
+/// NBD_REP_ERR_TLS_REQD until TLS is running (the spec's TLS-only mode).
+pub async fn greet<S>(stream: &mut S, tls_required: bool) -> Result<OptionPhase, Refused>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -67,13 +116,31 @@ where
             "unknown client flags {client_flags:#x}"
         )));
     }
-    let mut state = State {
-        style: ReplyStyle::Simple,
-        base_allocation: false,
-        no_zeroes: client_flags & FLAG_C_NO_ZEROES != 0,
-        fixed: client_flags & FLAG_C_FIXED_NEWSTYLE != 0,
-    };
+    Ok(OptionPhase {
+        state: State {
+            style: ReplyStyle::Simple,
+            base_allocation: false,
+            no_zeroes: client_flags & FLAG_C_NO_ZEROES != 0,
+            fixed: client_flags & FLAG_C_FIXED_NEWSTYLE != 0,
+            tls: if tls_required {
+                Tls::Required
+            } else {
+                Tls::Off
+            },
+        },
+    })
+}
 
+/// Serves options until the client picks the export, asks for TLS, or leaves.
+pub async fn options<S>(
+    stream: &mut S,
+    export: &Export,
+    phase: &mut OptionPhase,
+) -> Result<Phase, Refused>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let state = &mut phase.state;
     loop {
         let magic = stream.read_u64().await?;
         if magic != IHAVEOPT {
@@ -83,7 +150,7 @@ where
         let len = stream.read_u32().await?;
         let mut out = Vec::new();
         let outcome = if len > MAX_OPTION_LEN {
-            let outcome = oversized_option(option, len, &state, &mut out);
+            let outcome = oversized_option(option, len, state, &mut out);
             if matches!(outcome, Next::Continue) {
                 discard(stream, len as u64).await?;
             }
@@ -91,19 +158,23 @@ where
         } else {
             let mut data = vec![0u8; len as usize];
             stream.read_exact(&mut data).await?;
-            handle_option(option, &data, export, &mut state, &mut out)
+            handle_option(option, &data, export, state, &mut out)
         };
         stream.write_all(&out).await?;
         match outcome {
             Next::Continue => {}
             Next::Abort => return Err(Refused::Aborted),
             Next::Fail(why) => return Err(Refused::Failed(why)),
+            Next::StartTls => {
+                stream.flush().await?;
+                return Ok(Phase::StartTls);
+            }
             Next::Transmit => {
                 stream.flush().await?;
-                return Ok(Negotiated {
+                return Ok(Phase::Transmit(Negotiated {
                     style: state.style,
                     base_allocation: state.base_allocation,
-                });
+                }));
             }
         }
     }
@@ -112,6 +183,7 @@ where
 enum Next {
     Continue,
     Transmit,
+    StartTls,
     Abort,
     Fail(String),
 }
@@ -175,6 +247,14 @@ fn handle_option(
         return Next::Fail(format!(
             "option {option} from a client without fixed newstyle"
         ));
+    }
+    if state.tls == Tls::Required && !matches!(option, OPT_STARTTLS | OPT_ABORT) {
+        if option == OPT_EXPORT_NAME {
+            // Its answer cannot be an error: hang up, as the spec says.
+            return Next::Fail("NBD_OPT_EXPORT_NAME before TLS".into());
+        }
+        error_reply(out, option, REP_ERR_TLS_REQD, "TLS is required");
+        return Next::Continue;
     }
     match option {
         OPT_EXPORT_NAME => {
@@ -266,10 +346,29 @@ fn handle_option(
             meta_context(option, data, export, state, out);
             Next::Continue
         }
-        OPT_STARTTLS => {
-            error_reply(out, option, REP_ERR_UNSUP, "TLS is not supported");
-            Next::Continue
-        }
+        OPT_STARTTLS => match state.tls {
+            Tls::Off => {
+                error_reply(out, option, REP_ERR_UNSUP, "TLS is not configured");
+                Next::Continue
+            }
+            Tls::Active => {
+                error_reply(out, option, REP_ERR_INVALID, "TLS is already running");
+                Next::Continue
+            }
+            Tls::Required if !data.is_empty() => {
+                error_reply(
+                    out,
+                    option,
+                    REP_ERR_INVALID,
+                    "NBD_OPT_STARTTLS takes no data",
+                );
+                Next::Continue
+            }
+            Tls::Required => {
+                put_option_reply(out, option, REP_ACK, 0);
+                Next::StartTls
+            }
+        },
         _ => {
             error_reply(out, option, REP_ERR_UNSUP, "option not supported");
             Next::Continue
@@ -415,6 +514,7 @@ mod tests {
             base_allocation: false,
             no_zeroes: true,
             fixed: true,
+            tls: Tls::Off,
         }
     }
 
@@ -626,5 +726,75 @@ mod tests {
             0
         );
         assert_ne!(f & TFLAG_SEND_DF, 0);
+    }
+
+    #[test]
+    fn tls_required_refuses_every_option_but_starttls_and_abort() {
+        let mut st = state();
+        st.tls = Tls::Required;
+        let mut out = Vec::new();
+        for option in [
+            OPT_LIST,
+            OPT_STRUCTURED_REPLY,
+            OPT_EXTENDED_HEADERS,
+            OPT_LIST_META_CONTEXT,
+            99,
+        ] {
+            let next = handle_option(option, &[], &export(), &mut st, &mut out);
+            assert!(matches!(next, Next::Continue));
+        }
+        for option in [OPT_INFO, OPT_GO] {
+            let next = handle_option(
+                option,
+                &go_request(b"disk", &[]),
+                &export(),
+                &mut st,
+                &mut out,
+            );
+            assert!(matches!(next, Next::Continue));
+        }
+        assert_eq!(reply_types(&out), vec![REP_ERR_TLS_REQD; 7]);
+        assert_eq!(st.style, ReplyStyle::Simple);
+        let mut out = Vec::new();
+        let next = handle_option(OPT_EXPORT_NAME, b"disk", &export(), &mut st, &mut out);
+        assert!(matches!(next, Next::Fail(_)));
+        assert!(out.is_empty(), "no export data before TLS");
+        let next = handle_option(OPT_ABORT, &[], &export(), &mut st, &mut out);
+        assert!(matches!(next, Next::Abort));
+    }
+
+    #[test]
+    fn starttls_once_with_no_data_then_options_are_served() {
+        let mut st = state();
+        st.tls = Tls::Required;
+        let mut out = Vec::new();
+        let next = handle_option(OPT_STARTTLS, &[0], &export(), &mut st, &mut out);
+        assert!(matches!(next, Next::Continue));
+        let next = handle_option(OPT_STARTTLS, &[], &export(), &mut st, &mut out);
+        assert!(matches!(next, Next::StartTls));
+        assert_eq!(reply_types(&out), vec![REP_ERR_INVALID, REP_ACK]);
+        st.tls = Tls::Active;
+        let mut out = Vec::new();
+        let next = handle_option(OPT_STARTTLS, &[], &export(), &mut st, &mut out);
+        assert!(matches!(next, Next::Continue));
+        let next = handle_option(
+            OPT_GO,
+            &go_request(b"disk", &[]),
+            &export(),
+            &mut st,
+            &mut out,
+        );
+        assert!(matches!(next, Next::Transmit));
+        assert_eq!(reply_types(&out)[0], REP_ERR_INVALID);
+        assert_eq!(*reply_types(&out).last().unwrap(), REP_ACK);
+    }
+
+    #[test]
+    fn starttls_without_credentials_is_unsupported() {
+        let mut st = state();
+        let mut out = Vec::new();
+        let next = handle_option(OPT_STARTTLS, &[], &export(), &mut st, &mut out);
+        assert!(matches!(next, Next::Continue));
+        assert_eq!(reply_types(&out), vec![REP_ERR_UNSUP]);
     }
 }

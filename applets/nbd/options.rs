@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 
 use super::backend::qcow2::snapshot::Selector;
+use super::objects::{self, Endpoint, Object, X509Creds};
 use crate::service::{HostOptions, Launch};
 
 pub const DEFAULT_PORT: u16 = 10809;
@@ -106,16 +107,19 @@ struct Args {
     /// Disconnect the NBD device given as FILE
     #[arg(short = 'd', long)]
     disconnect: bool,
-    /// Define an object such as TLS credentials (not supported yet)
+    /// Define an object: tls-creds-x509,id=ID,dir=DIR,endpoint=server|client[,verify-peer=on|off]
+    /// (DIR holds ca-cert.pem, server-cert.pem and server-key.pem, or client-cert.pem and
+    /// client-key.pem), or authz-simple,id=ID,identity=DN. tls-creds-psk is refused: rustls
+    /// has no TLS-PSK
     #[arg(long, value_name = "PROPS")]
     object: Vec<String>,
-    /// TLS credentials object id (not supported yet)
+    /// Require TLS with the tls-creds-x509 object ID (server, or -L as a client)
     #[arg(long = "tls-creds", value_name = "ID")]
     tls_creds: Option<String>,
-    /// TLS authorization object id (not supported yet)
+    /// Only admit clients whose certificate name is that of the authz-simple object ID
     #[arg(long = "tls-authz", value_name = "ID")]
     tls_authz: Option<String>,
-    /// TLS hostname for client mode (not supported yet)
+    /// Name the server's certificate must carry (-L; default: the host connected to)
     #[arg(long = "tls-hostname", value_name = "NAME")]
     tls_hostname: Option<String>,
     /// Treat FILE as an option string (not supported)
@@ -283,6 +287,18 @@ pub struct Config {
     /// `-l`: the internal snapshot to export (implies read-only).
     pub load_snapshot: Option<Selector>,
     pub pid_file: Option<PathBuf>,
+    /// `--tls-creds`: TLS is required (served) or used (`-L`).
+    pub tls: Option<TlsOptions>,
+}
+
+/// TLS settings resolved from `--object`, `--tls-creds`, `--tls-authz` and `--tls-hostname`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub creds: X509Creds,
+    /// `-L`: the name the server's certificate must carry.
+    pub hostname: Option<String>,
+    /// `--tls-authz`: the one client certificate subject admitted.
+    pub authz_identity: Option<String>,
 }
 
 /// The applet's entry: parse, validate, and hand back the service.
@@ -316,14 +332,107 @@ fn parse_number(text: &str, what: &str) -> Result<u64, String> {
     parsed.map_err(|_| format!("Invalid {what} '{text}'"))
 }
 
-fn validate(args: Args) -> Result<Config, String> {
-    if !args.object.is_empty()
+/// Resolves the TLS options against the `--object`s; None when TLS is not asked for.
+fn tls_options(args: &Args, mode: &Mode) -> Result<Option<TlsOptions>, String> {
+    let any = !args.object.is_empty()
         || args.tls_creds.is_some()
         || args.tls_authz.is_some()
-        || args.tls_hostname.is_some()
-    {
-        return Err("TLS is not supported yet (--object, --tls-creds, --tls-authz)".into());
+        || args.tls_hostname.is_some();
+    let objects = args
+        .object
+        .iter()
+        .map(|o| objects::parse(o))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, o) in objects.iter().enumerate() {
+        if let Object::Psk { id } = o {
+            return Err(format!(
+                "--object tls-creds-psk,id={id}: TLS-PSK is not supported (rustls has no PSK); use tls-creds-x509"
+            ));
+        }
+        if objects[..i].iter().any(|p| p.id() == o.id()) {
+            return Err(format!("--object: duplicate id '{}'", o.id()));
+        }
     }
+    if any && !cfg!(feature = "tls") {
+        return Err("TLS is not available: this toolbox was built without the tls feature".into());
+    }
+    let find = |id: &str| objects.iter().find(|o| o.id() == id);
+    let Some(creds_id) = &args.tls_creds else {
+        if args.tls_authz.is_some() || args.tls_hostname.is_some() {
+            return Err("--tls-authz and --tls-hostname need --tls-creds".into());
+        }
+        return Ok(None);
+    };
+    let creds = match find(creds_id) {
+        Some(Object::X509(c)) => c.clone(),
+        Some(_) => {
+            return Err(format!(
+                "--tls-creds: object '{creds_id}' is not TLS credentials"
+            ))
+        }
+        None => return Err(format!("--tls-creds: no --object with id '{creds_id}'")),
+    };
+    let wanted = match mode {
+        Mode::List => Endpoint::Client,
+        Mode::Serve => Endpoint::Server,
+        Mode::Connect(_) | Mode::ConnectRemote { .. } => {
+            return Err(
+                "TLS cannot be used with -c: the kernel NBD client does not carry TLS".into(),
+            )
+        }
+        Mode::Disconnect(_) => return Err("--tls-creds is meaningless with -d".into()),
+    };
+    if creds.endpoint != wanted {
+        return Err(format!(
+            "--tls-creds {creds_id}: expecting TLS credentials with a {} endpoint",
+            if wanted == Endpoint::Server {
+                "server"
+            } else {
+                "client"
+            }
+        ));
+    }
+    if args.tls_hostname.is_some() && wanted != Endpoint::Client {
+        return Err("--tls-hostname is only valid with -L".into());
+    }
+    let authz_identity = match &args.tls_authz {
+        None => None,
+        Some(_) if wanted != Endpoint::Server => {
+            return Err("--tls-authz is only valid when serving".into())
+        }
+        Some(id) => match find(id) {
+            Some(Object::AuthzSimple { identity, .. }) => Some(identity.clone()),
+            Some(_) => return Err(format!("--tls-authz: object '{id}' is not authz-simple")),
+            None => return Err(format!("--tls-authz: no --object with id '{id}'")),
+        },
+    };
+    if authz_identity.is_some() && !creds.verify_peer {
+        return Err("--tls-authz needs client certificates: verify-peer=off refuses them".into());
+    }
+    // -L checks the server's certificate against the name it dials, as qemu does.
+    let hostname = match (&args.tls_hostname, &args.socket) {
+        (Some(name), _) => Some(name.clone()),
+        (None, Some(_)) => None,
+        (None, None) => {
+            let host = args.bind.trim_start_matches('[').trim_end_matches(']');
+            match host.parse::<std::net::IpAddr>() {
+                Ok(ip) if ip.is_unspecified() => None,
+                _ => Some(host.to_string()),
+            }
+        }
+    };
+    Ok(Some(TlsOptions {
+        creds,
+        hostname: if wanted == Endpoint::Client {
+            hostname
+        } else {
+            None
+        },
+        authz_identity,
+    }))
+}
+
+fn validate(args: Args) -> Result<Config, String> {
     if args.image_opts {
         return Err("--image-opts is not supported".into());
     }
@@ -458,6 +567,7 @@ fn validate(args: Args) -> Result<Config, String> {
     if args.fork && matches!(mode, Mode::List | Mode::Disconnect(_)) {
         return Err("--fork is only meaningful when serving".into());
     }
+    let tls = tls_options(&args, &mode)?;
 
     Ok(Config {
         mode,
@@ -480,6 +590,7 @@ fn validate(args: Args) -> Result<Config, String> {
         format,
         load_snapshot,
         pid_file: args.pid_file.as_deref().map(absolute).transpose()?,
+        tls,
     })
 }
 
@@ -553,7 +664,7 @@ mod tests {
             .contains("maybe"));
         assert!(config(&["--object", "tls-creds-x509,id=t", "/i"])
             .unwrap_err()
-            .contains("not supported yet"));
+            .contains("'dir' is missing"));
         assert!(config(&[]).unwrap_err().contains("FILE"));
     }
 
@@ -652,5 +763,125 @@ mod tests {
         let c = config(&["disk.img"]).unwrap();
         assert!(c.file.is_absolute());
         assert!(c.file.ends_with("disk.img"));
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_creds_resolve_to_their_object_for_the_right_side() {
+        let obj = "tls-creds-x509,id=tls0,dir=/pki,endpoint=server";
+        let c = config(&["--object", obj, "--tls-creds", "tls0", "/i"]).unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.creds.dir, PathBuf::from("/pki"));
+        assert!(tls.creds.verify_peer, "qemu's default");
+        assert!(config(&["--object", obj, "/i"]).unwrap().tls.is_none());
+        let authz = "authz-simple,id=auth0,identity=CN=laptop";
+        let c = config(&[
+            "--object",
+            obj,
+            "--object",
+            authz,
+            "--tls-creds",
+            "tls0",
+            "--tls-authz",
+            "auth0",
+            "/i",
+        ])
+        .unwrap();
+        assert_eq!(c.tls.unwrap().authz_identity.as_deref(), Some("CN=laptop"));
+        let client = "tls-creds-x509,id=c,dir=/pki,endpoint=client";
+        let c = config(&[
+            "-L",
+            "--object",
+            client,
+            "--tls-creds",
+            "c",
+            "--tls-hostname",
+            "nas",
+        ])
+        .unwrap();
+        assert_eq!(c.tls.unwrap().hostname.as_deref(), Some("nas"));
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_misuse_is_one_clear_line() {
+        let server = "tls-creds-x509,id=tls0,dir=/pki,endpoint=server";
+        let client = "tls-creds-x509,id=tls0,dir=/pki,endpoint=client";
+        for (args, needle) in [
+            (
+                vec!["--tls-creds", "tls0", "/i"],
+                "no --object with id 'tls0'",
+            ),
+            (
+                vec!["--object", client, "--tls-creds", "tls0", "/i"],
+                "server endpoint",
+            ),
+            (
+                vec!["-L", "--object", server, "--tls-creds", "tls0"],
+                "client endpoint",
+            ),
+            (
+                vec![
+                    "--object",
+                    "tls-creds-psk,id=p,dir=/k,endpoint=server",
+                    "--tls-creds",
+                    "p",
+                    "/i",
+                ],
+                "TLS-PSK is not supported",
+            ),
+            (
+                vec![
+                    "-c",
+                    "/dev/nbd0",
+                    "--object",
+                    server,
+                    "--tls-creds",
+                    "tls0",
+                    "/i",
+                ],
+                "kernel",
+            ),
+            (vec!["--tls-hostname", "x", "/i"], "need --tls-creds"),
+            (
+                vec![
+                    "--object",
+                    server,
+                    "--tls-creds",
+                    "tls0",
+                    "--tls-hostname",
+                    "x",
+                    "/i",
+                ],
+                "only valid with -L",
+            ),
+            (
+                vec!["--object", server, "--object", server, "/i"],
+                "duplicate id",
+            ),
+            (
+                vec![
+                    "--object",
+                    server,
+                    "--tls-creds",
+                    "tls0",
+                    "--tls-authz",
+                    "tls0",
+                    "/i",
+                ],
+                "not authz-simple",
+            ),
+        ] {
+            let err = config(&args).unwrap_err();
+            assert!(err.contains(needle), "{args:?}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_options_without_the_feature_are_refused() {
+        let err = config(&["--tls-creds", "tls0", "/i"]).unwrap_err();
+        assert!(err.contains("built without the tls feature"), "{err}");
     }
 }

@@ -16,7 +16,7 @@ use super::backend::qcow2::{self, Qcow2};
 use super::backend::raw::{self, RawFile};
 use super::backend::Backend;
 use super::export::Export;
-use super::negotiate::{negotiate, Refused};
+use super::negotiate::{self, Negotiated, Phase, Refused};
 use super::options::{Config, ImageFormat, Listen, Mode, Window};
 use super::proto::ReplyStyle;
 use crate::service::{
@@ -242,7 +242,44 @@ impl Listener {
     }
 }
 
+/// What a connection needs to run TLS: the acceptor and the allow list.
+#[cfg(feature = "tls")]
+#[derive(Clone)]
+struct ServerTls {
+    acceptor: crate::tls::tokio_rustls::TlsAcceptor,
+    authz_identity: Option<Arc<str>>,
+}
+
+/// Without the tls feature no credentials can be given (options refuse them).
+#[cfg(not(feature = "tls"))]
+#[derive(Clone)]
+enum ServerTls {}
+
+#[cfg(feature = "tls")]
+fn server_tls(config: &Config) -> Result<Option<ServerTls>, String> {
+    let Some(tls) = &config.tls else {
+        return Ok(None);
+    };
+    let server = super::tls::server_config(&tls.creds)?;
+    Ok(Some(ServerTls {
+        acceptor: crate::tls::tokio_rustls::TlsAcceptor::from(server),
+        authz_identity: tls.authz_identity.as_deref().map(Arc::from),
+    }))
+}
+
+#[cfg(not(feature = "tls"))]
+fn server_tls(config: &Config) -> Result<Option<ServerTls>, String> {
+    match config.tls {
+        None => Ok(None),
+        Some(_) => {
+            Err("TLS is not available: this toolbox was built without the tls feature".into())
+        }
+    }
+}
+
 async fn serve(config: Config, ctx: Context) -> ServiceResult {
+    // Credentials first: a bad file stops the start with one line naming it.
+    let tls = server_tls(&config)?;
     let export = Arc::new(open_export(&config)?);
     // With -c the kernel is the one client, over a socket pair: nothing listens.
     let listener = match config.mode {
@@ -279,7 +316,7 @@ async fn serve(config: Config, ctx: Context) -> ServiceResult {
         let (exp, limit, sd) = (export.clone(), config.handshake_limit, ctx.shutdown());
         connections.spawn(async move {
             let _permit = permit;
-            handle_connection(server_end, exp, limit, sd, "kernel".into()).await;
+            handle_connection(server_end, exp, limit, sd, None, "kernel".into()).await;
         });
         let device = device.clone();
         let name = config.export_name.clone();
@@ -318,14 +355,17 @@ async fn serve(config: Config, ctx: Context) -> ServiceResult {
                 };
                 served_any = true;
                 let (exp, limit, sd) = (export.clone(), config.handshake_limit, ctx.shutdown());
+                let tls = tls.clone();
                 connections.spawn(async move {
                     let _permit = permit;
                     match stream {
                         Accepted::Tcp(s) => {
                             let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                            handle_connection(s, exp, limit, sd, peer).await
+                            handle_connection(s, exp, limit, sd, tls, peer).await
                         }
-                        Accepted::Unix(s) => handle_connection(s, exp, limit, sd, "unix".into()).await,
+                        Accepted::Unix(s) => {
+                            handle_connection(s, exp, limit, sd, tls, "unix".into()).await
+                        }
                     }
                 });
             }
@@ -377,23 +417,102 @@ impl SplitStream for tokio::net::UnixStream {
     }
 }
 
-async fn handle_connection<S: SplitStream>(
+/// A connection at the end of negotiation, over TLS or not.
+enum Negotiation<S> {
+    Plain(S, Negotiated),
+    #[cfg(feature = "tls")]
+    Tls(
+        Box<crate::tls::tokio_rustls::server::TlsStream<S>>,
+        Negotiated,
+    ),
+}
+
+/// Greeting, options, and (when credentials are given) STARTTLS and the TLS
+/// handshake: everything the handshake limit covers.
+async fn negotiate_connection<S: SplitStream>(
     mut stream: S,
+    export: &Export,
+    tls: Option<ServerTls>,
+) -> Result<Negotiation<S>, Refused> {
+    let mut phase = negotiate::greet(&mut stream, tls.is_some()).await?;
+    match negotiate::options(&mut stream, export, &mut phase).await? {
+        Phase::Transmit(n) => Ok(Negotiation::Plain(stream, n)),
+        Phase::StartTls => start_tls(stream, export, tls, phase).await,
+    }
+}
+
+#[cfg(feature = "tls")]
+async fn start_tls<S: SplitStream>(
+    stream: S,
+    export: &Export,
+    tls: Option<ServerTls>,
+    mut phase: negotiate::OptionPhase,
+) -> Result<Negotiation<S>, Refused> {
+    let tls = tls.ok_or_else(|| Refused::Failed("STARTTLS without credentials".into()))?;
+    let mut stream = tls
+        .acceptor
+        .accept(stream)
+        .await
+        .map_err(|e| Refused::Failed(format!("TLS handshake failed: {e}")))?;
+    if let Some(allowed) = &tls.authz_identity {
+        let (_, session) = stream.get_ref();
+        let name = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| super::x509_name::subject(leaf.as_ref()));
+        match name {
+            Some(name) if name == **allowed => {}
+            Some(name) => {
+                return Err(Refused::Failed(format!(
+                    "client certificate '{name}' is not allowed by --tls-authz"
+                )))
+            }
+            None => {
+                return Err(Refused::Failed(
+                    "client certificate has no readable name".into(),
+                ))
+            }
+        }
+    }
+    phase.tls_established();
+    match negotiate::options(&mut stream, export, &mut phase).await? {
+        Phase::Transmit(n) => Ok(Negotiation::Tls(Box::new(stream), n)),
+        Phase::StartTls => Err(Refused::Failed("STARTTLS over TLS".into())),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+async fn start_tls<S: SplitStream>(
+    _stream: S,
+    _export: &Export,
+    tls: Option<ServerTls>,
+    _phase: negotiate::OptionPhase,
+) -> Result<Negotiation<S>, Refused> {
+    match tls {
+        Some(never) => match never {},
+        None => Err(Refused::Failed("STARTTLS without credentials".into())),
+    }
+}
+
+async fn handle_connection<S: SplitStream>(
+    stream: S,
     export: Arc<Export>,
     limit: Option<Duration>,
     shutdown: Shutdown,
+    tls: Option<ServerTls>,
     peer: String,
 ) {
     tracing::debug!("client {peer} connected");
+    let negotiating = negotiate_connection(stream, &export, tls);
     let negotiated = match limit {
-        Some(limit) => match tokio::time::timeout(limit, negotiate(&mut stream, &export)).await {
+        Some(limit) => match tokio::time::timeout(limit, negotiating).await {
             Ok(result) => result,
             Err(_) => Err(Refused::Failed(format!(
                 "handshake not finished within {}s",
                 limit.as_secs()
             ))),
         },
-        None => negotiate(&mut stream, &export).await,
+        None => negotiating.await,
     };
     let negotiated = match negotiated {
         Ok(n) => n,
@@ -406,21 +525,36 @@ async fn handle_connection<S: SplitStream>(
             return;
         }
     };
+    let (tls_text, n) = match &negotiated {
+        Negotiation::Plain(_, n) => ("", *n),
+        #[cfg(feature = "tls")]
+        Negotiation::Tls(_, n) => (" over TLS", *n),
+    };
     tracing::debug!(
-        "client {peer} negotiated {}{}",
-        match negotiated.style {
+        "client {peer} negotiated {}{}{tls_text}",
+        match n.style {
             ReplyStyle::Simple => "simple replies",
             ReplyStyle::Structured => "structured replies",
             ReplyStyle::Extended => "extended headers",
         },
-        if negotiated.base_allocation {
+        if n.base_allocation {
             " and base:allocation"
         } else {
             ""
         }
     );
-    let (r, w) = stream.split_owned();
-    match super::transmission::serve(r, w, negotiated, export, shutdown).await {
+    let served = match negotiated {
+        Negotiation::Plain(stream, n) => {
+            let (r, w) = stream.split_owned();
+            super::transmission::serve(r, w, n, export, shutdown).await
+        }
+        #[cfg(feature = "tls")]
+        Negotiation::Tls(stream, n) => {
+            let (r, w) = tokio::io::split(*stream);
+            super::transmission::serve(r, w, n, export, shutdown).await
+        }
+    };
+    match served {
         Ok(()) => tracing::debug!("client {peer} disconnected"),
         Err(e) => tracing::info!("client {peer} dropped: {e}"),
     }

@@ -808,6 +808,9 @@ where
             }
             IoSlice::advance_slices(&mut rest, n);
         }
+        // A no-op on a socket; over TLS it sends what rustls still holds
+        // (a write may be taken into its buffer while the socket is full).
+        writer.flush().await?;
         drop(slices);
         for reply in pending.drain(..) {
             session.buffers.put(reply.buf);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use toolbox::nbd::export::Export;
-use toolbox::nbd::negotiate::negotiate;
+use toolbox::nbd::negotiate::{greet, options};
 use toolbox::nbd::proto::OPTION_REPLY_MAGIC;
 
 fuzz_target!(|data: &[u8]| {
@@ -30,7 +30,12 @@ fuzz_target!(|data: &[u8]| {
         let (mut client, mut server) = tokio::io::duplex(1 << 20);
         client.write_all(data).await.unwrap();
         client.shutdown().await.unwrap();
-        let _ = negotiate(&mut server, &export).await;
+        // An odd last byte: TLS required (the server then refuses options
+        // with NBD_REP_ERR_TLS_REQD and stops at an acknowledged STARTTLS).
+        let tls_required = data.last().is_some_and(|b| b & 1 == 1);
+        if let Ok(mut phase) = greet(&mut server, tls_required).await {
+            let _ = options(&mut server, &export, &mut phase).await;
+        }
         drop(server);
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.unwrap();
