@@ -14,8 +14,6 @@ use crate::tls::rustls::pki_types::ServerName;
 use crate::tls::rustls::{self, ClientConfig};
 use crate::tls::tokio_rustls::TlsConnector;
 
-use hickory_resolver::TokioResolver;
-
 use super::super::config::DEFAULT_PORT;
 use super::super::resolve;
 use super::aead::KEY_LEN;
@@ -55,7 +53,7 @@ pub fn config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
 /// then the addresses of the NTP server it names (or `host`, port 123).
 pub async fn establish_and_resolve(
     tls: Arc<ClientConfig>,
-    resolver: Option<Arc<TokioResolver>>,
+    resolver: Option<Arc<resolve::SystemResolver>>,
     host: String,
     port: u16,
 ) -> Result<(Keys, Vec<SocketAddr>), String> {
