@@ -43,21 +43,10 @@ impl NtpSocket {
             let _ = sock.set_tos(IPTOS_LOWDELAY);
         }
         sock.bind(&local.into())?;
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt with a valid int option on our socket.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_TIMESTAMPNS,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
+        if let Err(err) = enable_receive_timestamps(&sock) {
             tracing::debug!(
                 "SO_TIMESTAMPNS: {}; receive times come from user space",
-                io::Error::last_os_error()
+                err
             );
         }
         let flags: libc::c_uint = libc::SOF_TIMESTAMPING_TX_SOFTWARE
@@ -247,6 +236,13 @@ fn sockaddr_to_std(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
         }
         _ => None,
     }
+}
+
+/// Asks the kernel to stamp every received datagram (SO_TIMESTAMPNS); the
+/// client and the server read the stamp from the control message.
+pub fn enable_receive_timestamps(sock: &Socket) -> io::Result<()> {
+    nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+        .map_err(io::Error::from)
 }
 
 #[cfg(test)]
