@@ -138,8 +138,18 @@ fn attribute_value(tag: u8, value: &[u8]) -> String {
             || (i == last && c == ' ');
         if special {
             out.push('\\');
+            out.push(c);
+        } else if c.is_control() {
+            // RFC 4514 hexpair escapes: a control character (a newline in
+            // a hostile subject) must not split the log line or the
+            // authz comparison.
+            let mut utf8 = [0; 4];
+            for b in c.encode_utf8(&mut utf8).bytes() {
+                out.push_str(&format!("\\{b:02X}"));
+            }
+        } else {
+            out.push(c);
         }
-        out.push(c);
     }
     out
 }
@@ -187,6 +197,15 @@ mod tests {
         assert_eq!(
             subject(&certificate(&name)).as_deref(),
             Some("CN=laptop.example.com,O=Example\\, Org,C=GB")
+        );
+    }
+
+    #[test]
+    fn control_characters_are_hex_escaped_so_a_name_is_one_line() {
+        let name = rdn(&[0x55, 4, 3], 0x0c, "evil\nCN=admin\u{7f}");
+        assert_eq!(
+            subject(&certificate(&name)).as_deref(),
+            Some("CN=evil\\0ACN=admin\\7F")
         );
     }
 
