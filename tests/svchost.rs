@@ -764,3 +764,67 @@ fn a_hung_group_is_reported_as_not_answering_and_others_answer_at_once() {
     let (ok, out, _) = sc(&["query", "ghost"]);
     assert!(!ok && out.contains("FAILED 1060"), "{out}");
 }
+
+/// `--status` of the hosted timesyncd, through its state file.
+fn timesyncd_status(state: &Path) -> String {
+    let out = run_with_timeout(
+        Command::new(toolbox())
+            .args(["timesyncd", "--status", "--state-file"])
+            .arg(state),
+        T,
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Issue 16: SIGHUP to svchost reached nobody, so a hosted timesyncd kept
+/// its old servers until restarted. Now the group's SIGHUP is each hosted
+/// service's reload, and `sc control NAME paramchange` asks one service.
+/// timesyncd runs --no-adjust: the clock is never touched.
+#[test]
+fn sighup_to_svchost_makes_a_hosted_timesyncd_reread_its_configuration() {
+    // Silent NTP servers: bound, never answering, so nothing leaves loopback.
+    let silent: Vec<std::net::UdpSocket> = (0..3)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let server = |i: usize| format!("127.0.0.1:{}", silent[i].local_addr().unwrap().port());
+    let dir = TempDir::new("svc-hup");
+    let conf = dir.path().join("timesyncd.conf");
+    let state = dir.path().join("state");
+    let write = |i: usize| {
+        std::fs::write(&conf, format!("[Time]\nNTP={}\nFallbackNTP=\n", server(i))).unwrap()
+    };
+    write(0);
+    let group = format!(
+        "[group]\nservices = time\n\n[service time]\napplet = timesyncd\n\
+         args = -f --no-adjust -c {} --state-file {} --clock-file {}/clock\n",
+        conf.display(),
+        state.display(),
+        dir.path().display()
+    );
+    let g = Group::start("svc-hup-group", &group);
+    g.wait_state("time", "RUNNING", T);
+    let wait_for_source = |i: usize| {
+        let mut last = String::new();
+        let shown = wait_until(T, || {
+            last = timesyncd_status(&state);
+            last.contains(&server(i))
+        });
+        assert!(shown.is_some(), "status never named {}:\n{last}", server(i));
+        last
+    };
+    wait_for_source(0);
+
+    write(1);
+    g.daemon.as_ref().unwrap().signal(libc::SIGHUP);
+    let status = wait_for_source(1);
+    assert!(!status.contains(&server(0)), "old server kept:\n{status}");
+    assert_eq!(g.state("time"), "RUNNING", "a reload is not a restart");
+
+    write(2);
+    let (ok, out) = g.sc(&["control", "time", "paramchange"]);
+    assert!(ok && out.contains("4  RUNNING"), "{out}");
+    let status = wait_for_source(2);
+    assert!(!status.contains(&server(1)), "old server kept:\n{status}");
+    let (ok, out) = g.sc(&["control", "time", "sleepy"]);
+    assert!(!ok, "{out}");
+}

@@ -139,7 +139,7 @@ async fn respond(host: &Arc<Host>, words: &[&str], allowed: bool) -> String {
     if name.is_some() && slot.is_none() {
         return error(ERROR_SERVICE_DOES_NOT_EXIST);
     }
-    let controls = matches!(verb, "start" | "stop" | "pause" | "continue");
+    let controls = matches!(verb, "start" | "stop" | "pause" | "continue" | "control");
     if controls && !allowed {
         return error(ERROR_ACCESS_DENIED);
     }
@@ -168,8 +168,30 @@ async fn respond(host: &Arc<Host>, words: &[&str], allowed: bool) -> String {
                 Err(code) => error(code),
             }
         }
+        ("control", Some(slot)) => {
+            let Some(code) = words.get(2).and_then(|w| control_code(w)) else {
+                return error(ERROR_INVALID_PARAMETER);
+            };
+            match host.control(&slot, code) {
+                Ok(()) => one(&slot),
+                Err(code) => error(code),
+            }
+        }
         _ => error(ERROR_INVALID_PARAMETER),
     }
+}
+
+/// The control `sc control NAME CONTROL` names: Windows sc's words, or a
+/// number.
+pub fn control_code(word: &str) -> Option<u32> {
+    Some(match word.to_ascii_lowercase().as_str() {
+        "stop" => CONTROL_STOP,
+        "pause" => CONTROL_PAUSE,
+        "continue" => CONTROL_CONTINUE,
+        "interrogate" => CONTROL_INTERROGATE,
+        "paramchange" => CONTROL_PARAMCHANGE,
+        number => number.parse().ok()?,
+    })
 }
 
 /// The process a running service lives in: the group's, or its own.

@@ -120,8 +120,12 @@ struct SlotNotifier(Arc<Slot>);
 
 impl Notifier for SlotNotifier {
     fn ready(&self) {
-        self.0
-            .set_state(State::Running, ACCEPT_STOP | ACCEPT_SHUTDOWN);
+        // Every applet's context carries reload requests; one with nothing
+        // to reread ignores them, as it ignores SIGHUP when alone.
+        self.0.set_state(
+            State::Running,
+            ACCEPT_STOP | ACCEPT_SHUTDOWN | ACCEPT_PARAMCHANGE,
+        );
     }
 
     fn status(&self, text: &str) {
@@ -395,6 +399,7 @@ impl Host {
         let needed = match code {
             CONTROL_STOP | CONTROL_SHUTDOWN => ACCEPT_STOP,
             CONTROL_PAUSE | CONTROL_CONTINUE => ACCEPT_PAUSE_CONTINUE,
+            CONTROL_PARAMCHANGE => ACCEPT_PARAMCHANGE,
             CONTROL_INTERROGATE => 0,
             _ => return Err(ERROR_INVALID_SERVICE_CONTROL),
         };
@@ -418,6 +423,9 @@ impl Host {
             {
                 controller.request_shutdown();
             }
+            Some(Control::Applet(controller, _)) if code == CONTROL_PARAMCHANGE => {
+                controller.request_reload();
+            }
             Some(Control::Applet(..)) => {}
             #[cfg(feature = "svchost-plugins")]
             Some(Control::Plugin(handler)) => handler.send(code),
@@ -428,6 +436,16 @@ impl Host {
         drop(s);
         slot.changed.notify_waiters();
         Ok(())
+    }
+
+    /// Asks every running service that rereads its configuration to do so
+    /// (svchost got SIGHUP); returns how many were asked.
+    pub fn reload_all(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|slot| slot.status().controls_accepted & ACCEPT_PARAMCHANGE != 0)
+            .filter(|slot| self.control(slot, CONTROL_PARAMCHANGE).is_ok())
+            .count()
     }
 
     /// Stops a service and waits for it, abandoning it after the timeout.

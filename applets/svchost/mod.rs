@@ -102,7 +102,7 @@ pub fn parse(argv: &[OsString]) -> Result<Launch, i32> {
     Ok(Launch::new(host, move |ctx| run(group, config, ctx)))
 }
 
-async fn run(group: String, config: config::GroupConfig, ctx: Context) -> ServiceResult {
+async fn run(group: String, config: config::GroupConfig, mut ctx: Context) -> ServiceResult {
     let host = host::Host::new(&group, &config);
     let sock = control::socket_path(&control::rundir(), &group);
     let listener = control::bind(&sock)?;
@@ -129,7 +129,16 @@ async fn run(group: String, config: config::GroupConfig, ctx: Context) -> Servic
         host.slots.len()
     );
 
-    shutdown.requested().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.requested() => break,
+            // SIGHUP to the group reaches each hosted service's reload.
+            _ = ctx.reload_requested() => {
+                let asked = host.reload_all();
+                tracing::info!("reload: asked {asked} running services to reread their configuration");
+            }
+        }
+    }
     ctx.stopping();
     stop_all(&host).await;
     control_task.abort();

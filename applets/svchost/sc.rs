@@ -12,7 +12,8 @@ use super::control::{rundir, MAX_REQUEST};
 use super::status::*;
 
 const USAGE: &str = "usage: sc query|queryex [NAME] [state= active|inactive|all] | \
-start NAME [ARGS...] | stop NAME | pause NAME | continue NAME | qc NAME | qfailure NAME | list";
+start NAME [ARGS...] | stop NAME | pause NAME | continue NAME | \
+control NAME paramchange|stop|pause|continue|interrogate | qc NAME | qfailure NAME | list";
 
 type Record = HashMap<String, String>;
 
@@ -97,6 +98,7 @@ pub fn main(argv: &[OsString]) -> i32 {
         "stop",
         "pause",
         "continue",
+        "control",
         "qc",
         "qfailure",
         "list",
@@ -124,6 +126,19 @@ pub fn main(argv: &[OsString]) -> i32 {
     if !matches!(verb, "query" | "queryex" | "list") && name.is_none() {
         eprintln!("sc: {verb} needs a service name\n{USAGE}");
         return 1;
+    }
+    if verb == "control" {
+        match args.get(2) {
+            Some(word) if super::control::control_code(word).is_some() => {}
+            Some(word) => {
+                eprintln!("sc: control: unknown control '{word}'\n{USAGE}");
+                return 1;
+            }
+            None => {
+                eprintln!("sc: control needs a control (paramchange, ...)\n{USAGE}");
+                return 1;
+            }
+        }
     }
     let groups = group_sockets();
     let (records, unresponsive) = match &name {
@@ -226,7 +241,7 @@ pub fn main(argv: &[OsString]) -> i32 {
 fn fail(verb: &str, code: u32) -> i32 {
     let call = match verb {
         "start" => "StartService",
-        "stop" | "pause" | "continue" | "interrogate" => "ControlService",
+        "stop" | "pause" | "continue" | "interrogate" | "control" => "ControlService",
         "qc" => "QueryServiceConfig",
         "qfailure" => "QueryServiceConfig2",
         _ => "EnumQueryServicesStatus:OpenService",

@@ -45,6 +45,9 @@ impl State {
 pub const ACCEPT_STOP: u32 = 0x1;
 pub const ACCEPT_PAUSE_CONTINUE: u32 = 0x2;
 pub const ACCEPT_SHUTDOWN: u32 = 0x4;
+/// The service rereads its configuration when asked (SIGHUP to svchost,
+/// `sc control NAME paramchange`).
+pub const ACCEPT_PARAMCHANGE: u32 = 0x8;
 
 // Control codes sent to a service (SERVICE_CONTROL_*).
 pub const CONTROL_STOP: u32 = 1;
@@ -52,6 +55,7 @@ pub const CONTROL_PAUSE: u32 = 2;
 pub const CONTROL_CONTINUE: u32 = 3;
 pub const CONTROL_INTERROGATE: u32 = 4;
 pub const CONTROL_SHUTDOWN: u32 = 5;
+pub const CONTROL_PARAMCHANGE: u32 = 6;
 
 // Win32 error codes used in exit codes and sc messages.
 pub const ERROR_FILE_NOT_FOUND: u32 = 2;

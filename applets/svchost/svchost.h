@@ -24,7 +24,9 @@
  * (before any ServiceMain), then runs each service's ServiceMain on a thread
  * of its own. The library is loaded once however many services name it.
  * Control handlers are called on a thread of svchost's, never concurrently
- * for one service.
+ * for one service. A service that accepts SERVICE_ACCEPT_PARAMCHANGE gets
+ * SERVICE_CONTROL_PARAMCHANGE (reread your configuration) when svchost gets
+ * SIGHUP or on `sc control NAME paramchange`.
  *
  * A service configured with "isolate = process" runs the same way in a
  * process of its own (the library is loaded there, once per such service),
@@ -48,12 +50,14 @@ extern "C" {
 #define SERVICE_ACCEPT_STOP 0x1
 #define SERVICE_ACCEPT_PAUSE_CONTINUE 0x2
 #define SERVICE_ACCEPT_SHUTDOWN 0x4
+#define SERVICE_ACCEPT_PARAMCHANGE 0x8
 
 #define SERVICE_CONTROL_STOP 1
 #define SERVICE_CONTROL_PAUSE 2
 #define SERVICE_CONTROL_CONTINUE 3
 #define SERVICE_CONTROL_INTERROGATE 4
 #define SERVICE_CONTROL_SHUTDOWN 5
+#define SERVICE_CONTROL_PARAMCHANGE 6
 
 #define ERROR_SERVICE_SPECIFIC_ERROR 1066
 
