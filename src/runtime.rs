@@ -143,7 +143,7 @@ pub fn run_standalone(name: &str, launch: Launch) -> i32 {
         Err(e) => return fail(format!("cannot start runtime: {e}")),
     };
 
-    let (ctx, controller) = Context::new(name, notifier.clone());
+    let (ctx, controller) = Context::owning_process(name, notifier.clone());
     let signal_notifier = notifier.clone();
     let ready_seen = notifier.ready_seen.subscribe();
     let result = runtime.block_on(async move {

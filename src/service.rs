@@ -142,11 +142,23 @@ pub struct Context {
     shutdown: Shutdown,
     reload: watch::Receiver<u64>,
     notifier: Arc<dyn Notifier>,
+    owns_process: bool,
 }
 
 impl Context {
-    /// A context and the controller that drives it.
+    /// A context and the controller that drives it, for a service that
+    /// shares its process with others (svchost, tests).
     pub fn new(name: &str, notifier: Arc<dyn Notifier>) -> (Context, Controller) {
+        Context::make(name, notifier, false)
+    }
+
+    /// As [`Context::new`], for the one service the process exists for
+    /// (the standalone runner).
+    pub fn owning_process(name: &str, notifier: Arc<dyn Notifier>) -> (Context, Controller) {
+        Context::make(name, notifier, true)
+    }
+
+    fn make(name: &str, notifier: Arc<dyn Notifier>, owns_process: bool) -> (Context, Controller) {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (reload_tx, reload_rx) = watch::channel(0u64);
         let ctx = Context {
@@ -154,6 +166,7 @@ impl Context {
             shutdown: Shutdown(shutdown_rx),
             reload: reload_rx,
             notifier,
+            owns_process,
         };
         (
             ctx,
@@ -167,6 +180,13 @@ impl Context {
     /// The service's name (the applet name, or its svchost service name).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the process is this service's alone, so that it may change
+    /// what is process-wide (its user, its capabilities). Under svchost the
+    /// group decides those.
+    pub fn owns_process(&self) -> bool {
+        self.owns_process
     }
 
     pub fn shutdown(&self) -> Shutdown {
@@ -243,6 +263,14 @@ mod tests {
                 .expect("shutdown delivered");
             assert!(ctx.shutdown().is_requested());
         });
+    }
+
+    #[test]
+    fn only_the_standalone_context_owns_its_process() {
+        let (alone, _) = Context::owning_process("svc", Arc::new(NullNotifier));
+        let (hosted, _) = Context::new("svc", Arc::new(NullNotifier));
+        assert!(alone.owns_process());
+        assert!(!hosted.owns_process());
     }
 
     #[test]

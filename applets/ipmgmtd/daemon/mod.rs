@@ -3,8 +3,8 @@
 //! and the Unix-socket server that hands requests to the engine.
 //!
 //! Dropping privileges changes the whole process, so the daemon does it
-//! only when it is the process (started as `ipmgmtd`); under svchost the
-//! group's `user =` decides. Capabilities are per thread on Linux (threads
+//! only when its host says it owns the process (standalone); under svchost
+//! the group's `user =` decides. Capabilities are per thread on Linux (threads
 //! made before the drop keep theirs), which is why the drop happens before
 //! any helper thread exists. SIGHUP has nothing to reload: only ipmgmtd
 //! writes the datastore.
@@ -66,25 +66,13 @@ fn make_dir(path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
 }
 
-/// Whether this process was started as ipmgmtd itself (`ipmgmtd ...` or
-/// `toolbox ipmgmtd ...`), rather than as a host of several services.
-fn alone_in_process() -> bool {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().take(2).collect();
-    let base = |a: &std::ffi::OsString| {
-        Path::new(a)
-            .file_name()
-            .map(|n| n == "ipmgmtd")
-            .unwrap_or(false)
-    };
-    args.first().is_some_and(base) || args.get(1).is_some_and(|a| a == "ipmgmtd")
-}
-
 /// Hands the daemon's directories to the service user, then becomes it,
 /// keeping only the capabilities it needs. Nothing happens when the user
-/// does not exist, we are not root, or other services share the process.
-fn drop_privileges(paths: &Paths) -> Result<bool, String> {
+/// does not exist, we are not root, or other services share the process
+/// (`owns_process` false: the host says so).
+fn drop_privileges(paths: &Paths, owns_process: bool) -> Result<bool, String> {
     // SAFETY: plain getter.
-    if unsafe { libc::geteuid() } != 0 || !alone_in_process() {
+    if unsafe { libc::geteuid() } != 0 || !owns_process {
         return Ok(false);
     }
     let Ok(Some(user)) = nix::unistd::User::from_name(SERVICE_USER) else {
@@ -153,7 +141,7 @@ pub async fn run(config: Config, ctx: Context) -> ServiceResult {
     for problem in engine::apply_module_props(kernel.as_mut(), &loaded.db) {
         tracing::warn!("applying persistent property {problem}");
     }
-    if drop_privileges(&paths).map_err(fail)? {
+    if drop_privileges(&paths, ctx.owns_process()).map_err(fail)? {
         tracing::info!("running as {SERVICE_USER}");
     }
     drop(kernel);
