@@ -18,6 +18,8 @@ pub mod service;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod trim;
+#[cfg(any(feature = "svchost", feature = "init"))]
+pub mod words;
 
 #[cfg(feature = "init")]
 #[path = "../applets/init/mod.rs"]

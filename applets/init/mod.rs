@@ -18,14 +18,6 @@ pub mod modules;
 pub mod rc;
 pub mod system;
 
-// The same shell-style splitting as svchost's `args =`; compiled from its
-// file when svchost is left out, so that init does not need that feature.
-#[cfg(feature = "svchost")]
-use crate::svchost::words;
-#[cfg(not(feature = "svchost"))]
-#[path = "../svchost/words.rs"]
-mod words;
-
 use std::ffi::OsString;
 use std::io::Write as _;
 use std::path::Path;

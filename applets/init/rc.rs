@@ -8,7 +8,7 @@
 //! word `&` starts the command without waiting for it. The lines
 //! `poweroff`, `reboot` and `halt` are done by init itself.
 
-use super::words;
+use crate::words;
 
 /// What init does when it finishes the system.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

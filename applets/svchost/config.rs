@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::words;
+use crate::words;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StartType {

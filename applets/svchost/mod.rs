@@ -1,7 +1,7 @@
 //! `svchost`: several services in one process and one runtime (Windows
 //! svchost), controlled with `sc`.
 //!
-//! Modules: `config` (the group file), `words` (shell-style args), `status`
+//! Modules: `config` (the group file, its `args =` split by `crate::words`), `status`
 //! (SERVICE_STATUS), `host` (starting, supervising, failure actions),
 //! `plugin` (shared-library services), `isolate` and `relay` (a plugin in a child
 //! process of its own), `control` (the group's control
@@ -17,7 +17,6 @@ pub mod plugin;
 pub mod relay;
 pub mod sc;
 pub mod status;
-pub mod words;
 
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use toolbox::svchost::{config, words};
+use toolbox::svchost::config;
+use toolbox::words;
 
 fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))

@@ -1,7 +1,8 @@
-//! Splitting `args = ...` as a shell splits words: whitespace separates,
-//! single quotes keep everything literally, double quotes keep spaces and
-//! honour `\"` and `\\`, a backslash outside quotes escapes the next
-//! character. No expansion of any kind.
+//! Splitting a command line as a shell splits words (svchost's `args =`,
+//! init's rc file): whitespace separates, single quotes keep everything
+//! literally, double quotes keep spaces and honour `\"` and `\\`, a
+//! backslash outside quotes escapes the next character. No expansion of any
+//! kind.
 
 /// The words of `line`, or a message naming the problem.
 pub fn split(line: &str) -> Result<Vec<String>, String> {
