@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use super::config::{FailureAction, GroupConfig, ServiceConfig, ServiceKind, StartType};
+use super::restart::{still_due, FailureCount};
 use super::status::*;
 use crate::applets::{self, Entry};
 use crate::service::{Context, Controller, Notifier};
@@ -33,8 +34,7 @@ pub struct SlotState {
     /// The service's own STATUS= text.
     pub status_text: Option<String>,
     pub stop_requested: bool,
-    pub failures: u32,
-    pub last_failure: Option<Instant>,
+    pub failures: FailureCount,
     pub control: Option<Control>,
     /// The status handle the running instance of a plugin got from
     /// `register_ctrl_handler`; cleared when it reports STOPPED or its run
@@ -57,8 +57,7 @@ impl Slot {
                 message: None,
                 status_text: None,
                 stop_requested: false,
-                failures: 0,
-                last_failure: None,
+                failures: FailureCount::default(),
                 control: None,
                 status_handle: None,
             }),
@@ -268,22 +267,14 @@ impl Host {
                     ..Status::stopped()
                 };
                 s.message = exit.message.clone();
-                if s.stop_requested || !exit.failed() {
-                    None
-                } else {
-                    let now = Instant::now();
-                    if s.last_failure
-                        .is_some_and(|t| now.duration_since(t) > slot.config.reset_period)
-                    {
-                        s.failures = 0;
-                    }
-                    s.failures += 1;
-                    s.last_failure = Some(now);
-                    let actions = &slot.config.failure_actions;
-                    actions
-                        .get((s.failures as usize - 1).min(actions.len().saturating_sub(1)))
-                        .copied()
-                }
+                let stop_requested = s.stop_requested;
+                s.failures.after_run(
+                    exit.failed(),
+                    stop_requested,
+                    Instant::now(),
+                    &slot.config.failure_actions,
+                    slot.config.reset_period,
+                )
             };
             slot.changed.notify_waiters();
             if let Some(msg) = &exit.message {
@@ -294,7 +285,7 @@ impl Host {
                     tracing::info!("restarting {} in {delay:?}", slot.config.name);
                     tokio::time::sleep(delay).await;
                     let mut s = slot.lock();
-                    if s.stop_requested || s.status.state != State::Stopped {
+                    if !still_due(s.stop_requested, s.status.state) {
                         return;
                     }
                     s.status.state = State::StartPending;

@@ -1,11 +1,11 @@
 //! `svchost`: several services in one process and one runtime (Windows
 //! svchost), controlled with `sc`.
 //!
-//! Modules: `config` (the group file, its `args =` split by `crate::words`), `status`
-//! (SERVICE_STATUS), `host` (starting, supervising, failure actions),
-//! `plugin` (shared-library services), `isolate` and `relay` (a plugin in a child
-//! process of its own), `control` (the group's control
-//! socket), `sc` (the client).
+//! Modules: `config` (the group file, its `args =` split by `crate::words`),
+//! `status` (SERVICE_STATUS), `host` (starting, supervising), `restart` (the
+//! failure actions policy), `plugin` (shared-library services), `isolate` and
+//! `relay` (a plugin in a child process of its own), `control` (the group's
+//! control socket), `sc` (the client).
 
 pub mod config;
 pub mod control;
@@ -15,6 +15,7 @@ pub mod isolate;
 #[cfg(feature = "svchost-plugins")]
 pub mod plugin;
 pub mod relay;
+pub mod restart;
 pub mod sc;
 pub mod status;
 
