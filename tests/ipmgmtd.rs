@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use common::{
-    require_root, run_with_timeout, toolbox, wait_until, Bridge, Daemon, Netns, TempDir, Veth,
+    require_peer, require_root, run_with_timeout, toolbox, wait_until, Bridge, Daemon, Netns,
+    TempDir, Veth,
 };
 use toolbox::ipmgmtd::{request::Reply, wire};
 
@@ -2014,23 +2015,6 @@ fn older_datastores_are_upgraded_and_unparsable_lines_kept() {
     assert_eq!(rig.addr_list("net0"), ["10.1.0.1/24"]);
     rig.ok(&["set-prop", "-p", "ecn=active", "tcp"]);
     assert!(rig.db().contains("\nthis line is garbage\n"));
-}
-
-/// A peer program the test needs: missing, it skips, or fails under CI.
-fn require_peer(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool} >/dev/null"))
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} is not installed (scripts/test.sh installs it)"
-        );
-        eprintln!("skipping: {tool} is not installed (scripts/test.sh installs it)");
-    }
-    found
 }
 
 /// A DHCP server namespace behind a bridge: `dnsmasq` on it, leases and

@@ -16,31 +16,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::{
-    free_port, run_with_timeout, toolbox, wait_for_tcp_port, wait_until, Daemon, TempDir,
+    free_port, require_peer, run_with_timeout, toolbox, wait_for_tcp_port, wait_until, Daemon,
+    TempDir,
 };
 
 const T: Duration = Duration::from_secs(40);
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Whether `tool` is installed; under CI=true a missing one fails the test.
-fn need(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool} >/dev/null"))
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} is not installed (scripts/test.sh installs it)"
-        );
-        eprintln!("skipping: {tool} is not installed (scripts/test.sh installs it)");
-    }
-    found
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -348,7 +331,7 @@ impl Drop for TamperingProxy {
 
 #[test]
 fn dry_run_with_nts_against_chronyd() {
-    if !need("chronyd") || !need("openssl") {
+    if !require_peer("chronyd") || !require_peer("openssl") {
         return;
     }
     let server = NtsServer::start("nts-dry", None);
@@ -370,7 +353,7 @@ fn dry_run_with_nts_against_chronyd() {
 
 #[test]
 fn daemon_shows_the_nts_source_authenticated() {
-    if !need("chronyd") || !need("openssl") {
+    if !require_peer("chronyd") || !require_peer("openssl") {
         return;
     }
     let server = NtsServer::start("nts-daemon", None);
@@ -400,7 +383,7 @@ fn daemon_shows_the_nts_source_authenticated() {
 
 #[test]
 fn a_server_that_lost_its_keys_naks_and_the_client_rekeys() {
-    if !need("chronyd") || !need("openssl") {
+    if !require_peer("chronyd") || !require_peer("openssl") {
         return;
     }
     let mut server = NtsServer::start("nts-nak", None);
@@ -430,7 +413,7 @@ fn a_server_that_lost_its_keys_naks_and_the_client_rekeys() {
 
 #[test]
 fn tampered_replies_are_rejected_and_counted() {
-    if !need("chronyd") || !need("openssl") {
+    if !require_peer("chronyd") || !require_peer("openssl") {
         return;
     }
     // chronyd sends clients to 127.0.0.2 (its port), where the proxy listens.
@@ -468,7 +451,7 @@ fn tampered_replies_are_rejected_and_counted() {
 
 #[test]
 fn an_untrusted_server_is_refused_with_one_line() {
-    if !need("chronyd") || !need("openssl") {
+    if !require_peer("chronyd") || !require_peer("openssl") {
         return;
     }
     let server = NtsServer::start("nts-untrusted", None);

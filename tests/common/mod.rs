@@ -174,18 +174,50 @@ pub fn wait_for_tcp_port(port: u16, timeout: Duration) {
         .unwrap_or_else(|| panic!("port {port} never opened"));
 }
 
-/// Whether namespace tests can run here (root and iproute2); says why not.
+/// Whether missing peers and privileges fail tests (CI=true, as
+/// scripts/test.sh runs them) instead of skipping them.
+pub fn under_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// The one way a test finds out whether it can run here: `available`
+/// true, it can. Otherwise under CI=true the test fails naming `missing`;
+/// elsewhere it prints "skipped: MISSING" and the caller returns early.
+pub fn require(available: bool, missing: &str) -> bool {
+    if !available {
+        assert!(!under_ci(), "{missing} (CI=true: a test may not skip)");
+        eprintln!("skipped: {missing}");
+    }
+    available
+}
+
+/// Whether `tool` is on PATH.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool} >/dev/null"))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A peer program the test needs, through [`require`].
+pub fn require_peer(tool: &str) -> bool {
+    require(
+        have(tool),
+        &format!("{tool} is not installed (scripts/test.sh installs it)"),
+    )
+}
+
+/// Whether namespace tests can run here (root and iproute2), through
+/// [`require`].
 pub fn require_root() -> bool {
     // SAFETY: plain getter.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs root for network namespaces");
-        return false;
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("skipping: iproute2 'ip' is not installed");
-        return false;
-    }
-    true
+    let root = unsafe { libc::geteuid() } == 0;
+    require(root, "needs root for network namespaces")
+        && require(
+            Command::new("ip").arg("-V").output().is_ok(),
+            "iproute2 'ip' is not installed",
+        )
 }
 
 fn ip(args: &[&str]) -> Output {
