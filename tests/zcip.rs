@@ -204,6 +204,19 @@ impl Zcip {
         wait_until(timeout, || self.log().contains(needle))
             .unwrap_or_else(|| panic!("zcip never logged {needle:?}:\n{}", self.log()));
     }
+
+    /// Announcements of `address` logged so far (a `-v` run logs each).
+    fn announcements(&self, address: Ipv4Addr) -> usize {
+        let line = format!("announce {address}");
+        self.log().lines().filter(|l| l.ends_with(&line)).count()
+    }
+
+    /// Waits (within BIND_LIMIT) until a `-v` zcip has sent both of its
+    /// announcements of `address`: it is bound, no RFC timer pending.
+    fn wait_until_bound(&self, address: Ipv4Addr) {
+        wait_until(BIND_LIMIT, || self.announcements(address) >= 2)
+            .unwrap_or_else(|| panic!("zcip never announced {address} twice:\n{}", self.log()));
+    }
 }
 
 /// tcpdump on the bridge, writing a pcap file packet by packet.
@@ -233,6 +246,17 @@ impl Capture {
     /// The ARP frames captured so far.
     fn frames(&self) -> Vec<Frame> {
         parse_pcap(&std::fs::read(&self.file).unwrap_or_default())
+    }
+
+    /// Waits (within BIND_LIMIT) until the frames captured so far satisfy
+    /// `done`; the frames either way, for the caller's assertions.
+    fn wait_for(&self, done: impl Fn(&[Frame]) -> bool) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        wait_until(BIND_LIMIT, || {
+            frames = self.frames();
+            done(&frames)
+        });
+        frames
     }
 
     fn stop(mut self) -> Vec<Frame> {
@@ -540,9 +564,11 @@ fn claims_an_address_with_three_probes_and_two_announcements_then_quits() {
         .unwrap_or_else(|| panic!("-q did not exit:\n{}", zcip.log()));
     assert!(status.success(), "{status:?}:\n{}", zcip.log());
     let address = host.link_local().expect("-q leaves the address configured");
+    let ours = host.mac();
+    // -q exits right after the last announcement: wait for it to be captured.
+    capture.wait_for(|frames| frames.iter().filter(|f| f.source == ours).count() >= 5);
     let frames = capture.stop();
 
-    let ours = host.mac();
     let probes: Vec<f64> = frames
         .iter()
         .filter(|f| f.source == ours && f.is_probe_for(address))
@@ -691,20 +717,31 @@ fn a_single_claim_on_our_address_is_defended_with_one_announcement() {
     let lan = Lan::new(2);
     let (us, peer) = (&lan.hosts[0], &lan.hosts[1]);
     let dir = TempDir::new("zcip-defend");
-    let zcip = Zcip::start(us, dir.path(), Path::new(SCRIPT), &[]);
-    let address = us.wait_for_address(BIND_LIMIT);
-    // Past the second announcement.
-    std::thread::sleep(Duration::from_millis(2500));
     let capture = Capture::start(&lan, dir.path());
+    let zcip = Zcip::start(us, dir.path(), Path::new(SCRIPT), &["-v"]);
+    let address = us.wait_for_address(BIND_LIMIT);
+    let (ours, theirs) = (us.mac(), peer.mac());
+    let announced = |frames: &[Frame], after: f64| {
+        frames
+            .iter()
+            .filter(|f| f.source == ours && f.is_announcement_of(address) && f.time > after)
+            .count()
+    };
+    // Past the second announcement, as captured.
+    capture.wait_for(|frames| announced(frames, 0.0) >= 2);
     peer.arping_claim(address);
     zcip.wait_for_log("claims", Duration::from_secs(15));
-    std::thread::sleep(Duration::from_millis(1500));
+    let claimed_at = |frames: &[Frame]| {
+        frames
+            .iter()
+            .find(|f| f.source == theirs && f.sender_ip == address)
+            .map(|f| f.time)
+    };
+    // The defence follows the claim at once (the machine decides then).
+    capture.wait_for(|frames| claimed_at(frames).is_some_and(|at| announced(frames, at) >= 1));
     let frames = capture.stop();
-    let ours = us.mac();
-    let defences = frames
-        .iter()
-        .filter(|f| f.source == ours && f.is_announcement_of(address))
-        .count();
+    let claim = claimed_at(&frames).unwrap_or_else(|| panic!("claim not captured: {frames:#?}"));
+    let defences = announced(&frames, claim);
     assert_eq!(defences, 1, "{frames:#?}\n{}", zcip.log());
     assert_eq!(us.link_local(), Some(address));
     assert_eq!(zcip.count("deconfig"), 0, "{}", zcip.log());
@@ -718,11 +755,12 @@ fn two_claims_within_ten_seconds_make_us_give_the_address_up() {
     let lan = Lan::new(2);
     let (us, peer) = (&lan.hosts[0], &lan.hosts[1]);
     let dir = TempDir::new("zcip-lose");
-    let zcip = Zcip::start(us, dir.path(), Path::new(SCRIPT), &[]);
+    let zcip = Zcip::start(us, dir.path(), Path::new(SCRIPT), &["-v"]);
     let first = us.wait_for_address(BIND_LIMIT);
-    std::thread::sleep(Duration::from_millis(2500));
+    zcip.wait_until_bound(first);
     peer.arping_claim(first);
-    std::thread::sleep(Duration::from_millis(1000));
+    // The first claim is seen (and defended) before the second comes.
+    zcip.wait_for_log("claims", Duration::from_secs(15));
     peer.arping_claim(first);
     zcip.wait_for_log(
         &format!("deconfig {} {first}", us.interface()),
@@ -749,18 +787,25 @@ fn two_instances_requesting_the_same_address_end_with_different_ones() {
         &lan.hosts[0],
         dir.path(),
         Path::new(SCRIPT),
-        &["-r", "169.254.88.88"],
+        &["-v", "-r", "169.254.88.88"],
     );
     let second = Zcip::start(
         &lan.hosts[1],
         dir.path(),
         Path::new(SCRIPT),
-        &["-r", "169.254.88.88"],
+        &["-v", "-r", "169.254.88.88"],
     );
     let a = lan.hosts[0].wait_for_address(Duration::from_secs(25));
     let b = lan.hosts[1].wait_for_address(Duration::from_secs(25));
-    // Let any late conflict play out, then compare.
-    std::thread::sleep(Duration::from_secs(2));
+    // Any late conflict plays out while announcing: compare once each
+    // host has announced the address it holds twice.
+    let bound = |host: &Host, zcip: &Zcip| {
+        host.link_local()
+            .is_some_and(|address| zcip.announcements(address) >= 2)
+    };
+    wait_until(BIND_LIMIT, || {
+        bound(&lan.hosts[0], &first) && bound(&lan.hosts[1], &second)
+    });
     let (a2, b2) = (lan.hosts[0].link_local(), lan.hosts[1].link_local());
     assert!(a2.is_some() && b2.is_some(), "{a2:?} {b2:?}");
     assert_ne!(a2, b2, "{a} {b}\n{}\n{}", first.log(), second.log());
@@ -826,15 +871,19 @@ fn malformed_arp_frames_change_nothing() {
     // ...and twice within DEFEND_INTERVAL once bound.
     for _ in 0..2 {
         send_raw_frames(&peer.ns, peer.interface(), malformed_claims(requested));
-        std::thread::sleep(Duration::from_millis(500));
     }
-    assert_eq!(us.link_local(), Some(requested));
-    assert_eq!(zcip.count("claims"), 0, "{}", zcip.log());
-    // The same sender's well-formed claim is seen: the frames did arrive.
+    // The same sender's well-formed claim, sent last, is seen: the frames
+    // before it arrived and were judged by then.
     send_raw_frames(&peer.ns, peer.interface(), vec![claim_frame(requested)]);
     zcip.wait_for_log(
         "02:de:ad:be:ef:01 claims 169.254.66.66",
         Duration::from_secs(15),
+    );
+    assert_eq!(
+        zcip.count("claims"),
+        1,
+        "only the good one:\n{}",
+        zcip.log()
     );
     assert_eq!(us.link_local(), Some(requested));
 }
@@ -903,9 +952,9 @@ fn our_address_deleted_by_someone_else_is_claimed_again() {
     let lan = Lan::new(1);
     let host = &lan.hosts[0];
     let dir = TempDir::new("zcip-deleted");
-    let zcip = Zcip::start(host, dir.path(), Path::new(SCRIPT), &[]);
+    let zcip = Zcip::start(host, dir.path(), Path::new(SCRIPT), &["-v"]);
     let address = host.wait_for_address(BIND_LIMIT);
-    std::thread::sleep(Duration::from_millis(2500));
+    zcip.wait_until_bound(address);
     let capture = Capture::start(&lan, dir.path());
     host.ns.ip(&[
         "address",
