@@ -25,6 +25,9 @@ command -v cargo >/dev/null || { echo "test.sh: no cargo; install Rust (rustup) 
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# A one-applet build for tests/toolbox.rs (one_applet_feature_build_...),
+# built here rather than by cargo inside cargo test.
+cargo build --quiet --no-default-features --features nbd --target-dir target/feature-nbd-only
 # CI=true: a test whose peer or privilege (root, network namespaces) is
 # missing fails instead of skipping (tests/common: require).
 CI=true cargo test
