@@ -13,6 +13,8 @@ pub mod log;
 pub mod netlink;
 pub mod notify;
 pub mod privs;
+#[cfg(any(feature = "zcip", feature = "timesyncd", feature = "ipmgmtd"))]
+pub mod rng;
 pub mod runtime;
 pub mod service;
 #[cfg(feature = "tls")]

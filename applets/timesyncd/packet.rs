@@ -479,7 +479,7 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic_the_parser() {
-        let mut rng = crate::timesyncd::random::SplitMix64::new(7);
+        let mut rng = crate::rng::SplitMix64::new(7);
         let pending = Pending {
             cookie: NtpTime(rng.next_u64()),
             sent: NtpTime(rng.next_u64()),

@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic_and_only_well_formed_headers_parse() {
-        let mut rng = crate::zcip::random::SplitMix64::new(42);
+        let mut rng = crate::rng::SplitMix64::new(42);
         for _ in 0..20_000 {
             let len = rng.below(40) as usize;
             let mut bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();

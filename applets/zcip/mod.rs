@@ -5,8 +5,9 @@
 //! fed events and the time, no I/O), `arp` (packet format), `filter` (the
 //! kernel packet filter), `socket` (the AF_PACKET socket), `netlink` (link
 //! and address monitoring), `interface` (index and MAC), `script` (running
-//! the user's script), `last_address` (the state file), `random` (the
-//! seeded generator), `service` (the tokio shell that ties them together).
+//! the user's script), `last_address` (the state file), `service` (the
+//! tokio shell that ties them together). The seeded generator is
+//! [`crate::rng`].
 
 pub mod arp;
 pub mod filter;
@@ -14,7 +15,6 @@ pub mod interface;
 pub mod last_address;
 pub mod netlink;
 pub mod options;
-pub mod random;
 pub mod script;
 pub mod service;
 pub mod socket;

@@ -312,7 +312,7 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic() {
-        let mut rng = crate::zcip::random::SplitMix64::new(7);
+        let mut rng = crate::rng::SplitMix64::new(7);
         let valid = link(RTM_NEWLINK, 7, IFF_UP | IFF_LOWER_UP);
         for _ in 0..20_000 {
             let mut bytes = if rng.below(2) == 0 {

@@ -15,10 +15,10 @@ use super::interface::Interface;
 use super::last_address::LastAddress;
 use super::netlink::{self, LinkEvent, RouteSocket};
 use super::options::Config;
-use super::random::SplitMix64;
 use super::script::{Script, Step};
 use super::socket::ArpSocket;
 use super::state::{Action, Event, Exit, Machine, Settings};
+use crate::rng::{clock_noise, seed_from_mac};
 use crate::service::{io_text, Context, HostOptions, Launch, ServiceError, ServiceResult};
 
 /// Room for an ARP packet plus link padding; longer packets are cut, and
@@ -59,7 +59,7 @@ async fn run(config: Config, ctx: Context) -> ServiceResult {
             )
         })?;
     let last_address = LastAddress::new(&config.state_dir, &config.interface);
-    let address_seed = SplitMix64::seed_from_mac(interface.mac);
+    let address_seed = seed_from_mac(interface.mac);
     let machine = Machine::new(Settings {
         mac: interface.mac,
         network: config.network,
@@ -70,6 +70,7 @@ async fn run(config: Config, ctx: Context) -> ServiceResult {
             .collect(),
         quit_when_bound: config.quit,
         address_seed,
+        // Varies the random delays between runs on one host.
         delay_seed: address_seed ^ clock_noise(),
     });
     // Don't delay boot: the address comes later.
@@ -87,15 +88,6 @@ async fn run(config: Config, ctx: Context) -> ServiceResult {
         link_usable: None,
     };
     shell.run(&ctx).await
-}
-
-/// Varies the random delays between runs on one host.
-fn clock_noise() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    nanos ^ u64::from(std::process::id()).rotate_left(32)
 }
 
 struct Shell {

@@ -124,13 +124,7 @@ impl DhcpManager {
 }
 
 fn seed(mac: [u8; 6]) -> u64 {
-    let mut bytes = [0u8; 8];
-    bytes[..6].copy_from_slice(&mac);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    u64::from_le_bytes(bytes) ^ nanos ^ u64::from(std::process::id()).rotate_left(32)
+    crate::rng::seed_from_mac(mac) ^ crate::rng::clock_noise()
 }
 
 fn unix_now() -> u64 {
