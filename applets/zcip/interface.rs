@@ -4,7 +4,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use super::arp::Mac;
+use crate::arp::Mac;
 use crate::service::io_text;
 
 #[derive(Clone, Debug)]

@@ -9,15 +9,14 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use super::arp::{mac_text, ArpPacket};
-use super::filter;
 use super::interface::Interface;
 use super::last_address::LastAddress;
 use super::netlink::{self, LinkEvent, RouteSocket};
 use super::options::Config;
 use super::script::{Script, Step};
-use super::socket::ArpSocket;
 use super::state::{Action, Event, Exit, Machine, Settings};
+use crate::arp::{filter, mac_text, ArpPacket, ETHERTYPE_ARP};
+use crate::packet_socket::PacketSocket;
 use crate::rng::{clock_noise, seed_from_mac};
 use crate::service::{io_text, Context, HostOptions, Launch, ServiceError, ServiceResult};
 
@@ -50,12 +49,13 @@ async fn run(config: Config, ctx: Context) -> ServiceResult {
     route
         .request_link(interface.index)
         .map_err(|e| format!("cannot query {}: {}", interface.name, io_text(&e)))?;
+    let watch_nothing = filter::program(interface.mac, None);
     let arp =
-        ArpSocket::open(interface.index, &filter::program(interface.mac, None)).map_err(|e| {
+        PacketSocket::open(interface.index, ETHERTYPE_ARP, Some(&watch_nothing)).map_err(|e| {
             format!(
                 "cannot open an ARP socket on {}: {}",
                 interface.name,
-                io_text(&e)
+                io_text(&e.error)
             )
         })?;
     let last_address = LastAddress::new(&config.state_dir, &config.interface);
@@ -94,7 +94,7 @@ struct Shell {
     interface: Interface,
     script: Script,
     last_address: LastAddress,
-    arp: ArpSocket,
+    arp: PacketSocket,
     route: RouteSocket,
     machine: Machine,
     start: Instant,
@@ -116,7 +116,7 @@ impl Shell {
                 _ = sleep_until(self.start, self.deadline), if self.deadline.is_some() => {
                     events.push_back(Event::Timer);
                 }
-                received = self.arp.recv(&mut frame) => match received {
+                received = self.arp.recv_from_wire(&mut frame) => match received {
                     Ok(len) => match ArpPacket::parse(&frame[..len.min(FRAME_BUFFER)]) {
                         Ok(packet) => events.push_back(Event::Frame(packet)),
                         Err(e) => debug!("dropped a malformed ARP packet: {e}"),
@@ -263,7 +263,7 @@ impl Shell {
 
     /// Sends a packet; false (logged) if it did not leave.
     async fn send(&self, packet: ArpPacket) -> bool {
-        match self.arp.send(&packet.to_bytes()).await {
+        match self.arp.broadcast(&packet.to_bytes()).await {
             Ok(()) => true,
             Err(e) => {
                 warn!(

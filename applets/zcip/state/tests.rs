@@ -2,7 +2,7 @@
 //! conflict rule, with no real waiting.
 
 use super::*;
-use crate::zcip::arp::Operation;
+use crate::arp::Operation;
 
 const OURS: Mac = [0x02, 0, 0, 0, 0, 0x01];
 const PEER: Mac = [0x02, 0, 0, 0, 0, 0x02];
