@@ -7,6 +7,7 @@
 pub mod applets;
 #[cfg(any(feature = "zcip", feature = "ipmgmtd"))]
 pub mod arp;
+pub mod bytes;
 pub mod daemon;
 pub mod dispatch;
 pub mod install;

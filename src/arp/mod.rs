@@ -8,6 +8,8 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use crate::bytes::be16;
+
 pub mod filter;
 
 /// The EtherType a packet socket for ARP binds to.
@@ -69,12 +71,11 @@ impl ArpPacket {
         let Some(packet) = bytes.get(..PACKET_LEN) else {
             return Err(FrameError::TooShort(bytes.len()));
         };
-        let be16 = |at: usize| u16::from_be_bytes([packet[at], packet[at + 1]]);
-        let hardware = be16(0);
+        let hardware = be16(packet, 0);
         if hardware != HARDWARE_ETHERNET {
             return Err(FrameError::HardwareType(hardware));
         }
-        let protocol = be16(2);
+        let protocol = be16(packet, 2);
         if protocol != PROTOCOL_IPV4 {
             return Err(FrameError::ProtocolType(protocol));
         }
@@ -84,7 +85,7 @@ impl ArpPacket {
         if packet[5] != IPV4_ADDRESS_LEN {
             return Err(FrameError::ProtocolLength(packet[5]));
         }
-        let operation = match be16(6) {
+        let operation = match be16(packet, 6) {
             OP_REQUEST => Operation::Request,
             OP_REPLY => Operation::Reply,
             other => return Err(FrameError::Operation(other)),
