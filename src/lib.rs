@@ -5,6 +5,9 @@
 //! [`applets::APPLETS`], the only table that names them.
 
 pub mod applets;
+#[cfg(any(feature = "zcip", feature = "ipmgmtd"))]
+pub mod arp;
+pub mod bytes;
 pub mod daemon;
 pub mod dispatch;
 pub mod install;
@@ -12,7 +15,11 @@ pub mod log;
 #[cfg(any(feature = "nbd", feature = "ipmgmtd", feature = "zcip"))]
 pub mod netlink;
 pub mod notify;
+#[cfg(any(feature = "zcip", feature = "ipmgmtd"))]
+pub mod packet_socket;
 pub mod privs;
+#[cfg(any(feature = "zcip", feature = "timesyncd", feature = "ipmgmtd"))]
+pub mod rng;
 pub mod runtime;
 pub mod service;
 #[cfg(feature = "tls")]

@@ -230,13 +230,20 @@ pub fn parse_args<T: clap::Parser>(argv: &[std::ffi::OsString]) -> Result<T, i32
 }
 
 /// An I/O error as users read it: `No such file or directory`, without
-/// Rust's `(os error 2)` suffix.
+/// Rust's `(os error 2)` suffix. The words are the C library's strerror,
+/// as the tools the applets replace print them. The one such helper: use
+/// it (or [`errno_text`]) wherever an error reaches a user.
 pub fn io_text(e: &std::io::Error) -> String {
     let text = e.to_string();
     match text.find(" (os error ") {
         Some(at) => text[..at].to_owned(),
         None => text,
     }
+}
+
+/// A bare errno (a kernel's refusal) as users read it: [`io_text`] of it.
+pub fn errno_text(errno: i32) -> String {
+    io_text(&std::io::Error::from_raw_os_error(errno))
 }
 
 #[cfg(test)]
@@ -277,5 +284,6 @@ mod tests {
     fn io_text_drops_the_os_error_suffix() {
         let e = std::io::Error::from_raw_os_error(libc::ENOENT);
         assert_eq!(io_text(&e), "No such file or directory");
+        assert_eq!(errno_text(libc::EIO), "Input/output error");
     }
 }

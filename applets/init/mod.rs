@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use rc::{Action, Finish};
 
+use crate::service::io_text;
+
 const RC_FILE: &str = "/etc/rc.toolbox";
 const MODULE_LIST: &str = "/etc/modules";
 const FALLBACK_SHELL: &str = "/bin/sh";
@@ -33,11 +35,6 @@ const DEFAULT_PATH: &str = "/bin:/sbin:/usr/bin:/usr/sbin";
 /// One line on the console. Never panics (eprintln! would if stderr is gone).
 fn say(text: &str) {
     let _ = writeln!(std::io::stderr(), "init: {text}");
-}
-
-/// An errno as text without Rust's " (os error N)" suffix.
-fn errno_text(e: &std::io::Error) -> String {
-    crate::service::io_text(e)
 }
 
 pub fn main(args: &[OsString]) -> i32 {
@@ -102,7 +99,7 @@ fn boot() -> Option<Finish> {
             None
         }
         Err(e) => {
-            say(&format!("cannot read {RC_FILE}: {}", errno_text(&e)));
+            say(&format!("cannot read {RC_FILE}: {}", io_text(&e)));
             None
         }
     }
@@ -129,7 +126,7 @@ fn load_modules() {
         Ok(text) => modules::parse_list(&text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
         Err(e) => {
-            say(&format!("cannot read {MODULE_LIST}: {}", errno_text(&e)));
+            say(&format!("cannot read {MODULE_LIST}: {}", io_text(&e)));
             return;
         }
     };
@@ -147,7 +144,7 @@ fn load_modules() {
             say(&format!(
                 "cannot read {}/modules.dep: {}; no modules loaded",
                 dir.display(),
-                errno_text(&e)
+                io_text(&e)
             ));
             return;
         }
@@ -238,7 +235,7 @@ fn exec_shell() {
     }
     say(&format!(
         "cannot exec {FALLBACK_SHELL}: {}",
-        errno_text(&std::io::Error::last_os_error())
+        io_text(&std::io::Error::last_os_error())
     ));
     system::block_handled_signals();
 }

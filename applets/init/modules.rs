@@ -10,6 +10,8 @@ use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use crate::service::io_text;
+
 /// linux/module.h: the file is compressed and the kernel should unpack it
 /// (Linux 6.4+; older kernels refuse it with EINVAL).
 const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
@@ -129,7 +131,7 @@ pub enum Loaded {
 /// Inserts the module in `file` with `params` through finit_module(2).
 pub fn insert(file: &Path, params: &str) -> Result<Loaded, String> {
     let module = std::fs::File::open(file)
-        .map_err(|e| format!("cannot open {}: {}", file.display(), super::errno_text(&e)))?;
+        .map_err(|e| format!("cannot open {}: {}", file.display(), io_text(&e)))?;
     let params = CString::new(params)
         .map_err(|_| format!("{}: parameters contain a NUL byte", file.display()))?;
     let compressed = [".xz", ".zst", ".gz"]
@@ -156,11 +158,7 @@ pub fn insert(file: &Path, params: &str) -> Result<Loaded, String> {
     let e = std::io::Error::last_os_error();
     match e.raw_os_error() {
         Some(libc::EEXIST) => Ok(Loaded::AlreadyThere),
-        _ => Err(format!(
-            "cannot load {}: {}",
-            file.display(),
-            super::errno_text(&e)
-        )),
+        _ => Err(format!("cannot load {}: {}", file.display(), io_text(&e))),
     }
 }
 

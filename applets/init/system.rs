@@ -7,8 +7,8 @@ use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::errno_text;
 use super::rc::Finish;
+use crate::service::io_text;
 
 /// Signals init handles itself (they stay blocked and are taken with
 /// sigtimedwait): SIGCHLD to reap, and busybox init's shutdown requests.
@@ -80,7 +80,7 @@ pub fn mount_filesystems() -> Vec<String> {
 
 fn mount_one(m: &Mount) -> Result<(), String> {
     if let Err(e) = std::fs::create_dir_all(m.target) {
-        return Err(format!("cannot create {}: {}", m.target, errno_text(&e)));
+        return Err(format!("cannot create {}: {}", m.target, io_text(&e)));
     }
     let (source, target, fstype, data) = (
         c_string(m.source)?,
@@ -110,7 +110,7 @@ fn mount_one(m: &Mount) -> Result<(), String> {
         "cannot mount {} on {}: {}",
         m.fstype,
         m.target,
-        errno_text(&e)
+        io_text(&e)
     ))
 }
 
@@ -151,7 +151,7 @@ pub fn loopback_up() -> Result<(), String> {
     if sock < 0 {
         return Err(format!(
             "cannot bring lo up: socket: {}",
-            errno_text(&io::Error::last_os_error())
+            io_text(&io::Error::last_os_error())
         ));
     }
     // SAFETY: ifreq is plain data; all zeroes is a valid value.
@@ -174,7 +174,7 @@ pub fn loopback_up() -> Result<(), String> {
     };
     // SAFETY: our own descriptor.
     unsafe { libc::close(sock) };
-    result.map_err(|e| format!("cannot bring lo up: {}", errno_text(&e)))
+    result.map_err(|e| format!("cannot bring lo up: {}", io_text(&e)))
 }
 
 fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
@@ -218,7 +218,7 @@ pub fn spawn(argv: &[String]) -> Result<libc::pid_t, String> {
     if pid < 0 {
         return Err(format!(
             "cannot fork: {}",
-            errno_text(&io::Error::last_os_error())
+            io_text(&io::Error::last_os_error())
         ));
     }
     if pid == 0 {
@@ -267,7 +267,7 @@ pub fn wait_for(pid: libc::pid_t) -> Result<libc::c_int, String> {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(format!("wait: {}", errno_text(&e)));
+            return Err(format!("wait: {}", io_text(&e)));
         }
     }
 }
@@ -340,7 +340,7 @@ pub fn finish(how: Finish) -> String {
     unsafe { libc::reboot(cmd) };
     format!(
         "reboot({how:?}) failed: {}",
-        errno_text(&io::Error::last_os_error())
+        io_text(&io::Error::last_os_error())
     )
 }
 

@@ -8,13 +8,13 @@
 //! `name=value;` lines), `datastore` (ipadm.conf records, upgrade),
 //! `aobjmap` (names to kernel addresses, reconciliation), `props` (property
 //! tables), `kstate` and `view` (what `show-*` lists), `wire` and `request`
-//! (the socket protocol), `nlmsg` (rtnetlink messages), `arp` (IPv4 DAD).
+//! (the socket protocol), `nlmsg` (rtnetlink messages). IPv4 DAD probes
+//! with the shared [`crate::arp`] and [`crate::packet_socket`].
 //! Shells: `daemon` (socket server, engine, rtnetlink, /proc/sys, files)
 //! and `client` (command line, output formatting).
 
 pub mod addrspec;
 pub mod aobjmap;
-pub mod arp;
 pub mod client;
 pub mod daemon;
 pub mod datastore;

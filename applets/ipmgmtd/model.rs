@@ -284,9 +284,7 @@ impl Error {
         let status = Status::from_errno(errno);
         let detail = match (status, detail) {
             (_, Some(d)) if !d.is_empty() => Some(d),
-            (Status::Failure, _) => Some(crate::service::io_text(
-                &std::io::Error::from_raw_os_error(errno),
-            )),
+            (Status::Failure, _) => Some(crate::service::errno_text(errno)),
             _ => None,
         };
         Error { status, detail }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::options::{Config, Listen, TlsOptions};
 use super::proto::*;
+use crate::service::io_text;
 
 /// The oldstyle handshake's second magic ("cliserv" magic): size and flags follow at once.
 const OLDSTYLE_MAGIC: u64 = 0x0000_4202_8186_1253;
@@ -128,14 +129,6 @@ pub fn handshake<S: Read + Write>(stream: &mut S, export_name: &str) -> Result<E
             Some(described) => Ok(described.info),
             None => export_name_option(stream, name, no_zeroes),
         },
-    }
-}
-
-/// An errno as text without Rust's " (os error N)" suffix.
-pub(super) fn io_text(e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
-        None => e.to_string(),
     }
 }
 

@@ -14,11 +14,12 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::client::{self, io_text, ExportInfo};
+use super::client::{self, ExportInfo};
 use super::options::Remote;
 use super::proto::TFLAG_READ_ONLY;
 use crate::netlink::msg::{find_attr, u16_of, MsgBuilder, NLM_F_ACK, NLM_F_REQUEST};
 use crate::netlink::socket::{self, Answer, Socket};
+use crate::service::{errno_text, io_text};
 
 // linux/genetlink.h
 const GENL_HDRLEN: usize = 4;
@@ -364,7 +365,7 @@ impl NetlinkError {
                 "Operation not permitted (needs CAP_SYS_ADMIN)".into()
             }
             NetlinkError::Kernel(libc::EBUSY) => "device is already in use".into(),
-            NetlinkError::Kernel(code) => nix::errno::Errno::from_raw(*code).desc().into(),
+            NetlinkError::Kernel(code) => errno_text(*code),
             NetlinkError::Io(e) => io_text(e),
             NetlinkError::Protocol(text) => text.clone(),
         }

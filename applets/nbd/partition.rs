@@ -12,6 +12,8 @@
 
 use std::io;
 
+use crate::bytes::{le32, le64};
+
 /// Where a partition lies in the image, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Extent {
@@ -112,18 +114,6 @@ fn extent_in_image(
     }
 }
 
-fn le_u32(bytes: &[u8], at: usize) -> u32 {
-    let mut word = [0u8; 4];
-    word.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_le_bytes(word)
-}
-
-fn le_u64(bytes: &[u8], at: usize) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(word)
-}
-
 // ---------------------------------------------------------------------------
 // MBR and the extended chain
 // ---------------------------------------------------------------------------
@@ -168,8 +158,8 @@ fn mbr_entries(sector: &[u8]) -> [MbrEntry; 4] {
         let entry = &sector[MBR_ENTRIES_OFFSET + slot * MBR_ENTRY_SIZE..][..MBR_ENTRY_SIZE];
         MbrEntry {
             kind: entry[4],
-            start_sector: le_u32(entry, 8),
-            sectors: le_u32(entry, 12),
+            start_sector: le32(entry, 8),
+            sectors: le32(entry, 12),
         }
     })
 }
@@ -387,7 +377,7 @@ fn load_gpt_header(image: &mut Image, sector_size: u64, lba: u64) -> Result<GptH
     }
     let header = parse_gpt_header(&sector, sector_size, lba, image.size)
         .map_err(|why| GptProblem::Invalid(format!("{why} (header at byte {offset})")))?;
-    let expected_crc = le_u32(&sector, 88);
+    let expected_crc = le32(&sector, 88);
     check_entry_array_crc(image, &header, expected_crc).map_err(GptProblem::Invalid)?;
     Ok(header)
 }
@@ -400,11 +390,11 @@ fn parse_gpt_header(
     lba: u64,
     disk_size: u64,
 ) -> Result<GptHeader, String> {
-    let header_size = le_u32(sector, 12);
+    let header_size = le32(sector, 12);
     if header_size < GPT_HEADER_MIN_SIZE || u64::from(header_size) > sector_size {
         return Err(format!("invalid header size {header_size}"));
     }
-    let stored_crc = le_u32(sector, 16);
+    let stored_crc = le32(sector, 16);
     let mut crc = Crc32::new();
     crc.update(&sector[..16]);
     crc.update(&[0; 4]); // the CRC field counts as zero
@@ -412,13 +402,13 @@ fn parse_gpt_header(
     if crc.finish() != stored_crc {
         return Err("bad header CRC32".into());
     }
-    let my_lba = le_u64(sector, 24);
+    let my_lba = le64(sector, 24);
     if my_lba != lba {
         return Err(format!("header claims to be at LBA {my_lba}"));
     }
-    let entries_lba = le_u64(sector, 72);
-    let entry_count = le_u32(sector, 80);
-    let entry_size = le_u32(sector, 84);
+    let entries_lba = le64(sector, 72);
+    let entry_count = le32(sector, 80);
+    let entry_size = le32(sector, 84);
     if !(GPT_ENTRY_MIN_SIZE..=GPT_ENTRY_MAX_SIZE).contains(&entry_size) || entry_size % 8 != 0 {
         return Err(format!("invalid partition entry size {entry_size}"));
     }
@@ -498,8 +488,8 @@ fn find_gpt_partition(
             "Could not find partition {number} (GPT entry {number} is unused)"
         ));
     }
-    let first_lba = le_u64(&entry, 32);
-    let last_lba = le_u64(&entry, 40); // inclusive
+    let first_lba = le64(&entry, 32);
+    let last_lba = le64(&entry, 40); // inclusive
     let sectors = last_lba
         .checked_sub(first_lba)
         .and_then(|span| span.checked_add(1))

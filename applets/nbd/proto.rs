@@ -1,6 +1,8 @@
 //! The NBD wire format (the NBD project's doc/proto.md): constants, and
 //! encoders/decoders over plain byte slices. No I/O here.
 
+use crate::bytes::{be16, be32, be64};
+
 pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943; // "NBDMAGIC"
 pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054; // "IHAVEOPT"
 pub const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
@@ -147,18 +149,6 @@ pub struct Request {
 pub enum RequestError {
     /// Not the magic we expect: the stream is out of sync; hang up.
     BadMagic(u32),
-}
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(w)
 }
 
 /// Header length of a request on a connection with or without extended headers.

@@ -27,7 +27,7 @@ fn check_dir(dir: &Path) -> Result<(), String> {
         Err(e) => Err(format!(
             "{}: TLS credentials directory: {}",
             dir.display(),
-            super::client::io_text(&e)
+            crate::service::io_text(&e)
         )),
     }
 }

@@ -13,7 +13,7 @@
 use std::io;
 
 use super::packet::NtpTime;
-use super::random::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// Offsets at or above this are stepped, below slewed (as systemd-timesyncd).
 pub const STEP_THRESHOLD: f64 = 0.4;

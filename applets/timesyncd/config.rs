@@ -445,7 +445,7 @@ mod tests {
 
     #[test]
     fn random_text_never_panics_the_parser() {
-        let mut rng = crate::timesyncd::random::SplitMix64::new(11);
+        let mut rng = crate::rng::SplitMix64::new(11);
         let pieces = [
             "[Time]",
             "\n",

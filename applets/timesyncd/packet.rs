@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::bytes::{be32, be64};
+
 /// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
 pub const UNIX_EPOCH_IN_NTP: u64 = 2_208_988_800;
 /// The NTP header without extension fields or MAC.
@@ -67,14 +69,6 @@ pub struct Packet {
     pub origin_time: NtpTime,
     pub receive_time: NtpTime,
     pub transmit_time: NtpTime,
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    ((be32(b, at) as u64) << 32) | be32(b, at + 4) as u64
 }
 
 fn short_to_secs(v: u32) -> f64 {
@@ -479,7 +473,7 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic_the_parser() {
-        let mut rng = crate::timesyncd::random::SplitMix64::new(7);
+        let mut rng = crate::rng::SplitMix64::new(7);
         let pending = Pending {
             cookie: NtpTime(rng.next_u64()),
             sent: NtpTime(rng.next_u64()),

@@ -13,8 +13,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use super::clock::{ClockBackend, SimulatedClock};
 use super::engine::{Engine, EngineConfig};
 use super::packet::{Packet, MODE_SERVER};
-use super::random::SplitMix64;
 use super::source::ServerSpec;
+use crate::rng::SplitMix64;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Behaviour {

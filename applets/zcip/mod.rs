@@ -2,22 +2,21 @@
 //! RFC 5227), with busybox zcip's command line and script interface.
 //!
 //! Modules: `options` (command line), `state` (the protocol: a state machine
-//! fed events and the time, no I/O), `arp` (packet format), `filter` (the
-//! kernel packet filter), `socket` (the AF_PACKET socket), `netlink` (link
-//! and address monitoring), `interface` (index and MAC), `script` (running
-//! the user's script), `last_address` (the state file), `random` (the
-//! seeded generator), `service` (the tokio shell that ties them together).
+//! fed events and the time, no I/O), `error` (the applet's errors and their
+//! one-line messages), `netlink` (link and address
+//! monitoring), `interface` (index and MAC), `script` (running the user's
+//! script), `last_address` (the state file), `service` (the tokio shell
+//! that ties them together). Shared with ipmgmtd: the ARP packet format and
+//! kernel filter ([`crate::arp`]) and the AF_PACKET socket
+//! ([`crate::packet_socket`]); the seeded generator is [`crate::rng`].
 
-pub mod arp;
-pub mod filter;
+pub mod error;
 pub mod interface;
 pub mod last_address;
 pub mod netlink;
 pub mod options;
-pub mod random;
 pub mod script;
 pub mod service;
-pub mod socket;
 pub mod state;
 
 pub use options::parse;

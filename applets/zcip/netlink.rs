@@ -3,9 +3,8 @@
 //! kernel's messages about one interface into [`LinkEvent`]s.
 
 use std::io;
-use std::mem::{size_of, zeroed};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use tokio::io::unix::AsyncFd;
 
@@ -14,7 +13,7 @@ use crate::netlink::route::{
     IFADDRMSG_LEN, IFA_ADDRESS, IFA_LOCAL, IFINFOMSG_LEN, RTMGRP_IPV4_IFADDR, RTMGRP_LINK,
     RTM_DELADDR, RTM_DELLINK, RTM_GETLINK, RTM_NEWLINK,
 };
-use crate::netlink::socket::{recv_datagram, send_to_kernel};
+use crate::netlink::socket::{open_listener, recv_datagram, send_to_kernel};
 
 const AF_INET: u8 = libc::AF_INET as u8;
 const IFF_UP: u32 = libc::IFF_UP as u32;
@@ -112,34 +111,7 @@ pub struct RouteSocket {
 
 impl RouteSocket {
     pub fn open() -> io::Result<RouteSocket> {
-        // SAFETY: plain socket creation.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_nl is plain data.
-        let mut address: libc::sockaddr_nl = unsafe { zeroed() };
-        address.nl_family = libc::AF_NETLINK as u16;
-        address.nl_groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR;
-        // SAFETY: `address` is a valid sockaddr_nl of the size given.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&address as *const libc::sockaddr_nl).cast(),
-                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = open_listener(libc::NETLINK_ROUTE, RTMGRP_LINK | RTMGRP_IPV4_IFADDR)?;
         Ok(RouteSocket {
             // SAFETY: the OwnedFd moves into the AsyncFd, which keeps it
             // open and unchanged until dropped.
@@ -312,7 +284,7 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic() {
-        let mut rng = crate::zcip::random::SplitMix64::new(7);
+        let mut rng = crate::rng::SplitMix64::new(7);
         let valid = link(RTM_NEWLINK, 7, IFF_UP | IFF_LOWER_UP);
         for _ in 0..20_000 {
             let mut bytes = if rng.below(2) == 0 {

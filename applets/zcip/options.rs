@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{ArgAction, Parser};
 
+use super::error::Error;
 use super::state::is_usable;
 use crate::service::{HostOptions, Launch};
 
@@ -97,17 +98,15 @@ fn parse_config(argv: &[OsString]) -> Result<Config, i32> {
     })
 }
 
-fn validate(args: Args) -> Result<Config, String> {
+fn validate(args: Args) -> Result<Config, Error> {
     let network = match &args.network {
         None => LINK_LOCAL_NETWORK,
         Some(text) => {
             let network: Ipv4Addr = text
                 .parse()
-                .map_err(|_| format!("invalid network address '{text}'"))?;
+                .map_err(|_| Error::NetworkAddress(text.clone()))?;
             if u32::from(network) & 0xffff != 0 {
-                return Err(format!(
-                    "invalid network address '{text}': not a /16 network (x.x.0.0)"
-                ));
+                return Err(Error::NotA16Network(text.clone()));
             }
             network
         }
@@ -115,13 +114,12 @@ fn validate(args: Args) -> Result<Config, String> {
     let request = match &args.request {
         None => None,
         Some(text) => {
-            let address: Ipv4Addr = text
-                .parse()
-                .map_err(|_| format!("invalid link address '{text}'"))?;
+            let address: Ipv4Addr = text.parse().map_err(|_| Error::LinkAddress(text.clone()))?;
             if !is_usable(network, address) {
-                return Err(format!(
-                    "invalid link address '{text}': not in {network}/16 outside its first and last 256 addresses"
-                ));
+                return Err(Error::UnusableLinkAddress {
+                    text: text.clone(),
+                    network,
+                });
             }
             Some(address)
         }
@@ -134,7 +132,7 @@ fn validate(args: Args) -> Result<Config, String> {
         || name == "."
         || name == ".."
     {
-        return Err(format!("invalid interface name '{name}'"));
+        return Err(Error::InterfaceName(name.clone()));
     }
     Ok(Config {
         interface: args.interface,
@@ -150,8 +148,11 @@ fn validate(args: Args) -> Result<Config, String> {
 }
 
 /// The daemon changes to `/`, so relative paths are fixed now.
-fn absolute(path: &Path) -> Result<PathBuf, String> {
-    std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))
+fn absolute(path: &Path) -> Result<PathBuf, Error> {
+    std::path::absolute(path).map_err(|error| Error::Path {
+        path: path.to_owned(),
+        error,
+    })
 }
 
 #[cfg(test)]
@@ -164,7 +165,7 @@ mod tests {
             .map(OsString::from)
             .collect();
         let args = Args::try_parse_from(argv).map_err(|e| e.to_string())?;
-        validate(args)
+        validate(args).map_err(|e| e.to_string())
     }
 
     #[test]

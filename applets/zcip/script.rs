@@ -3,6 +3,7 @@
 //! environment. The outcome is returned so that no failure goes unlogged.
 
 use std::fmt;
+use std::io;
 use std::net::Ipv4Addr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -30,13 +31,32 @@ impl Step {
 /// Why a script run did not succeed.
 #[derive(Debug)]
 pub struct ScriptError {
+    /// `SCRIPT STEP`, as shown.
     pub command: String,
-    pub reason: String,
+    pub reason: ScriptFailure,
+}
+
+#[derive(Debug)]
+pub enum ScriptFailure {
+    /// The blocking thread running it was lost.
+    NotWaited(tokio::task::JoinError),
+    NotRun(io::Error),
+    Exit(i32),
+    Signal(i32),
+    /// Neither an exit code nor a signal.
+    Other(ExitStatus),
 }
 
 impl fmt::Display for ScriptError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "script {} {}", self.command, self.reason)
+        write!(f, "script {} ", self.command)?;
+        match &self.reason {
+            ScriptFailure::NotWaited(e) => write!(f, "could not be waited for: {e}"),
+            ScriptFailure::NotRun(e) => write!(f, "could not be run: {}", io_text(e)),
+            ScriptFailure::Exit(code) => write!(f, "failed, exit status {code}"),
+            ScriptFailure::Signal(signal) => write!(f, "killed by signal {signal}"),
+            ScriptFailure::Other(status) => write!(f, "failed ({status})"),
+        }
     }
 }
 
@@ -64,7 +84,7 @@ impl Script {
             .await
             .map_err(|e| ScriptError {
                 command: shown.clone(),
-                reason: format!("could not be waited for: {e}"),
+                reason: ScriptFailure::NotWaited(e),
             })?;
         match status {
             Ok(status) if status.success() => Ok(()),
@@ -74,16 +94,46 @@ impl Script {
             }),
             Err(e) => Err(ScriptError {
                 command: shown,
-                reason: format!("could not be run: {}", io_text(&e)),
+                reason: ScriptFailure::NotRun(e),
             }),
         }
     }
 }
 
-fn describe_failure(status: ExitStatus) -> String {
+fn describe_failure(status: ExitStatus) -> ScriptFailure {
     match (status.code(), status.signal()) {
-        (Some(code), _) => format!("failed, exit status {code}"),
-        (None, Some(signal)) => format!("killed by signal {signal}"),
-        (None, None) => format!("failed ({status})"),
+        (Some(code), _) => ScriptFailure::Exit(code),
+        (None, Some(signal)) => ScriptFailure::Signal(signal),
+        (None, None) => ScriptFailure::Other(status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_read_as_busybox_users_expect() {
+        let error = |reason| {
+            ScriptError {
+                command: "/etc/zcip.script init".into(),
+                reason,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            error(ScriptFailure::Exit(3)),
+            "script /etc/zcip.script init failed, exit status 3"
+        );
+        assert_eq!(
+            error(ScriptFailure::Signal(9)),
+            "script /etc/zcip.script init killed by signal 9"
+        );
+        assert_eq!(
+            error(ScriptFailure::NotRun(io::Error::from_raw_os_error(
+                libc::ENOENT
+            ))),
+            "script /etc/zcip.script init could not be run: No such file or directory"
+        );
     }
 }

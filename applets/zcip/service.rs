@@ -5,21 +5,22 @@
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use super::arp::{mac_text, ArpPacket};
-use super::filter;
+use super::error::Error;
 use super::interface::Interface;
 use super::last_address::LastAddress;
 use super::netlink::{self, LinkEvent, RouteSocket};
 use super::options::Config;
-use super::random::SplitMix64;
 use super::script::{Script, Step};
-use super::socket::ArpSocket;
 use super::state::{Action, Event, Exit, Machine, Settings};
-use crate::service::{io_text, Context, HostOptions, Launch, ServiceError, ServiceResult};
+use crate::arp::{filter, mac_text, ArpPacket, ETHERTYPE_ARP};
+use crate::packet_socket::PacketSocket;
+use crate::rng::{clock_noise, seed_from_mac};
+use crate::service::{io_text, Context, HostOptions, Launch, ServiceResult};
 
 /// Room for an ARP packet plus link padding; longer packets are cut, and
 /// only their first 28 bytes are read anyway.
@@ -34,32 +35,35 @@ pub fn launch(config: Config, host: HostOptions) -> Launch {
     Launch::new(host, move |ctx| run(config, ctx))
 }
 
+/// The edge: zcip's [`Error`] becomes the host's one-line message.
 async fn run(config: Config, ctx: Context) -> ServiceResult {
+    Ok(serve(config, ctx).await?)
+}
+
+async fn serve(config: Config, ctx: Context) -> Result<(), Error> {
     let interface = Interface::lookup(&config.interface)?;
     let script = Script {
         path: config.script.clone(),
         interface: config.interface.clone(),
     };
     // `init` failing stops zcip, before it reports being started.
-    script
-        .run(Step::Init, None)
-        .await
-        .map_err(|e| e.to_string())?;
-    let route = RouteSocket::open()
-        .map_err(|e| format!("cannot open a netlink socket: {}", io_text(&e)))?;
+    script.run(Step::Init, None).await?;
+    let route = RouteSocket::open().map_err(Error::RouteSocket)?;
     route
         .request_link(interface.index)
-        .map_err(|e| format!("cannot query {}: {}", interface.name, io_text(&e)))?;
-    let arp =
-        ArpSocket::open(interface.index, &filter::program(interface.mac, None)).map_err(|e| {
-            format!(
-                "cannot open an ARP socket on {}: {}",
-                interface.name,
-                io_text(&e)
-            )
+        .map_err(|error| Error::LinkQuery {
+            interface: interface.name.clone(),
+            error,
         })?;
+    let watch_nothing = filter::program(interface.mac, None);
+    let arp = PacketSocket::open(interface.index, ETHERTYPE_ARP, Some(&watch_nothing)).map_err(
+        |error| Error::ArpSocket {
+            interface: interface.name.clone(),
+            error,
+        },
+    )?;
     let last_address = LastAddress::new(&config.state_dir, &config.interface);
-    let address_seed = SplitMix64::seed_from_mac(interface.mac);
+    let address_seed = seed_from_mac(interface.mac);
     let machine = Machine::new(Settings {
         mac: interface.mac,
         network: config.network,
@@ -70,6 +74,7 @@ async fn run(config: Config, ctx: Context) -> ServiceResult {
             .collect(),
         quit_when_bound: config.quit,
         address_seed,
+        // Varies the random delays between runs on one host.
         delay_seed: address_seed ^ clock_noise(),
     });
     // Don't delay boot: the address comes later.
@@ -89,20 +94,11 @@ async fn run(config: Config, ctx: Context) -> ServiceResult {
     shell.run(&ctx).await
 }
 
-/// Varies the random delays between runs on one host.
-fn clock_noise() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    nanos ^ u64::from(std::process::id()).rotate_left(32)
-}
-
 struct Shell {
     interface: Interface,
     script: Script,
     last_address: LastAddress,
-    arp: ArpSocket,
+    arp: PacketSocket,
     route: RouteSocket,
     machine: Machine,
     start: Instant,
@@ -113,7 +109,7 @@ struct Shell {
 }
 
 impl Shell {
-    async fn run(mut self, ctx: &Context) -> ServiceResult {
+    async fn run(mut self, ctx: &Context) -> Result<(), Error> {
         let mut shutdown = ctx.shutdown();
         let mut frame = [0u8; FRAME_BUFFER];
         let mut datagram = vec![0u8; NETLINK_BUFFER];
@@ -124,7 +120,7 @@ impl Shell {
                 _ = sleep_until(self.start, self.deadline), if self.deadline.is_some() => {
                     events.push_back(Event::Timer);
                 }
-                received = self.arp.recv(&mut frame) => match received {
+                received = self.arp.recv_from_wire(&mut frame) => match received {
                     Ok(len) => match ArpPacket::parse(&frame[..len.min(FRAME_BUFFER)]) {
                         Ok(packet) => events.push_back(Event::Frame(packet)),
                         Err(e) => debug!("dropped a malformed ARP packet: {e}"),
@@ -142,15 +138,15 @@ impl Shell {
                             warn!("cannot query {}: {}", self.interface.name, io_text(&e));
                         }
                     }
-                    Err(e) => return Err(format!("netlink: {}", io_text(&e)).into()),
+                    Err(e) => return Err(Error::Netlink(e)),
                 },
             }
             // Performing an action can raise an event (a failed probe send).
             while let Some(event) = events.pop_front() {
                 let actions = self.machine.handle(event, self.start.elapsed());
                 for action in actions {
-                    if let Some(exit) = self.perform(action, ctx, &mut events).await? {
-                        return exit;
+                    if self.perform(action, ctx, &mut events).await?.is_break() {
+                        return Ok(());
                     }
                 }
             }
@@ -205,14 +201,14 @@ impl Shell {
         }
     }
 
-    /// Performs one action, queueing any event it raises; `Some(result)`
-    /// ends the service.
+    /// Performs one action, queueing any event it raises; `Break` ends the
+    /// service cleanly, an error ends it with that error.
     async fn perform(
         &mut self,
         action: Action,
         ctx: &Context,
         events: &mut VecDeque<Event>,
-    ) -> Result<Option<ServiceResult>, ServiceError> {
+    ) -> Result<ControlFlow<()>, Error> {
         let mac = self.interface.mac;
         match action {
             Action::SendProbe(candidate) => {
@@ -235,7 +231,7 @@ impl Shell {
                 }
                 self.arp
                     .set_filter(&filter::program(mac, address))
-                    .map_err(|e| format!("cannot set the ARP filter: {}", io_text(&e)))?;
+                    .map_err(Error::ArpFilter)?;
             }
             Action::Conflict { address, sender } => {
                 info!("conflict: {} claims {address}", mac_text(&sender));
@@ -257,21 +253,17 @@ impl Shell {
                 self.run_script(Step::Deconfig, address).await;
                 ctx.status(&format!("no address on {}", self.interface.name));
             }
-            Action::Exit(Exit::Done) => return Ok(Some(Ok(()))),
+            Action::Exit(Exit::Done) => return Ok(ControlFlow::Break(())),
             Action::Exit(Exit::InterfaceGone) => {
-                return Ok(Some(Err(format!(
-                    "interface {} disappeared",
-                    self.interface.name
-                )
-                .into())))
+                return Err(Error::InterfaceGone(self.interface.name.clone()))
             }
         }
-        Ok(None)
+        Ok(ControlFlow::Continue(()))
     }
 
     /// Sends a packet; false (logged) if it did not leave.
     async fn send(&self, packet: ArpPacket) -> bool {
-        match self.arp.send(&packet.to_bytes()).await {
+        match self.arp.broadcast(&packet.to_bytes()).await {
             Ok(()) => true,
             Err(e) => {
                 warn!(

@@ -14,8 +14,8 @@ use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use super::arp::{ArpPacket, Mac};
-use super::random::SplitMix64;
+use crate::arp::{ArpPacket, Mac};
+use crate::rng::SplitMix64;
 
 pub const PROBE_WAIT: Duration = Duration::from_secs(1);
 pub const PROBE_NUM: u8 = 3;

@@ -1,5 +1,6 @@
-//! Netlink sockets: the raw send/receive calls, and a blocking socket for
-//! request/answer exchanges with the kernel built on them.
+//! Netlink sockets: the raw send/receive calls, a blocking socket for
+//! request/answer exchanges with the kernel built on them, and
+//! [`open_listener`] for event listeners that a runtime drives.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -86,6 +87,45 @@ pub fn recv_datagram(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received>
         sender: from.nl_pid,
         truncated: full > buf.len(),
     })
+}
+
+/// A fresh netlink socket for `protocol`; `flags` adds SOCK_NONBLOCK or not.
+fn new_socket(protocol: libc::c_int, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked and owned below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | flags,
+            protocol,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// A non-blocking socket for `protocol` that joins the multicast `groups`
+/// (nl_groups bits, e.g. RTMGRP_LINK): the kernel's change events arrive
+/// on it, read with [`recv_datagram`]; [`send_to_kernel`] asks for the
+/// current state.
+pub fn open_listener(protocol: libc::c_int, groups: u32) -> io::Result<OwnedFd> {
+    let fd = new_socket(protocol, libc::SOCK_NONBLOCK)?;
+    let mut address = kernel_address();
+    address.nl_groups = groups;
+    // SAFETY: `address` is a valid sockaddr_nl of the size given.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&address as *const libc::sockaddr_nl).cast(),
+            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 fn set_option<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
@@ -175,19 +215,7 @@ impl Socket {
     /// receives give up after `timeout`, so a kernel that never answers
     /// cannot hang a request forever.
     pub fn open(protocol: libc::c_int, timeout: Duration) -> io::Result<Socket> {
-        // SAFETY: plain socket(2); the result is checked and owned below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                protocol,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = new_socket(protocol, 0)?;
         // Failure only loses comfort (error texts, capped acks): older
         // kernels lack these options.
         let on: libc::c_int = 1;

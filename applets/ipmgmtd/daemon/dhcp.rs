@@ -8,12 +8,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,6 +29,7 @@ use crate::ipmgmtd::names::AddrObj;
 use crate::ipmgmtd::nlmsg::AddrOptions;
 use crate::ipmgmtd::paths::Paths;
 use crate::ipmgmtd::view::DhcpStatus;
+use crate::packet_socket::{OpenError, PacketSocket};
 
 const ETH_P_IP: u16 = 0x0800;
 /// Receive buffer: more than any frame; a longer datagram is oversized.
@@ -124,13 +123,7 @@ impl DhcpManager {
 }
 
 fn seed(mac: [u8; 6]) -> u64 {
-    let mut bytes = [0u8; 8];
-    bytes[..6].copy_from_slice(&mac);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    u64::from_le_bytes(bytes) ^ nanos ^ u64::from(std::process::id()).rotate_left(32)
+    crate::rng::seed_from_mac(mac) ^ crate::rng::clock_noise()
 }
 
 fn unix_now() -> u64 {
@@ -150,129 +143,29 @@ fn lease_paths(paths: &Paths, aobj: &AddrObj) -> [PathBuf; 2] {
     ]
 }
 
-/// The raw socket: IPv4 datagrams in and out of the link, filtered.
-struct RawSocket {
-    fd: AsyncFd<OwnedFd>,
-    ifindex: u32,
-}
-
-fn last_error(what: &str) -> io::Error {
-    let e = io::Error::last_os_error();
-    io::Error::new(e.kind(), format!("{what}: {e}"))
-}
+/// The raw socket: IPv4 datagrams in and out of the link, filtered by
+/// [`frame::FILTER`].
+struct RawSocket(PacketSocket);
 
 impl RawSocket {
-    fn open(ifindex: u32) -> io::Result<RawSocket> {
-        // SAFETY: socket(2); the descriptor is owned right below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                i32::from(ETH_P_IP.to_be()),
-            )
-        };
-        if raw < 0 {
-            return Err(last_error("packet socket"));
-        }
-        // SAFETY: fresh descriptor.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    fn open(ifindex: u32) -> Result<RawSocket, OpenError> {
         let filter: Vec<libc::sock_filter> = frame::FILTER
             .iter()
             .map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
             .collect();
-        let prog = libc::sock_fprog {
-            len: filter.len() as u16,
-            filter: filter.as_ptr() as *mut libc::sock_filter,
-        };
-        // SAFETY: attaching a filter program that outlives the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                (&prog as *const libc::sock_fprog).cast(),
-                std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(last_error("attaching the BPF filter"));
-        }
-        let local = link_addr(ifindex, false);
-        // SAFETY: binding our socket to a sockaddr_ll of the right size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&local as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(last_error("binding the packet socket"));
-        }
-        Ok(RawSocket {
-            // SAFETY: the descriptor is ours and stays open as long as
-            // the AsyncFd that owns it.
-            fd: unsafe { AsyncFd::register(fd) }?,
-            ifindex,
-        })
+        PacketSocket::open(ifindex, ETH_P_IP, Some(&filter)).map(RawSocket)
     }
 
     fn send(&self, datagram: &[u8]) -> io::Result<()> {
-        let dest = link_addr(self.ifindex, true);
-        // SAFETY: sending our buffer to the broadcast link address.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.get_ref().as_raw_fd(),
-                datagram.as_ptr().cast(),
-                datagram.len(),
-                0,
-                (&dest as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if n < 0 {
-            return Err(last_error("sending on the packet socket"));
-        }
-        Ok(())
+        self.0
+            .try_broadcast(datagram)
+            .map_err(|e| io::Error::new(e.kind(), format!("sending on the packet socket: {e}")))
     }
 
     /// One datagram; its real length may exceed the buffer (MSG_TRUNC).
     async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            // SAFETY: receiving into our buffer.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.get_ref().as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_TRUNC,
-                )
-            };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                guard.clear_ready();
-                continue;
-            }
-            return Err(e);
-        }
+        self.0.recv(buf).await.map(|received| received.len)
     }
-}
-
-fn link_addr(ifindex: u32, broadcast: bool) -> libc::sockaddr_ll {
-    // SAFETY: sockaddr_ll is plain data.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = ETH_P_IP.to_be();
-    sll.sll_ifindex = ifindex as i32;
-    if broadcast {
-        sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-    }
-    sll
 }
 
 fn ifname_of(ifindex: u32) -> Option<String> {

@@ -396,7 +396,7 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic_and_never_amplify() {
-        let mut rng = crate::timesyncd::random::SplitMix64::new(5);
+        let mut rng = crate::rng::SplitMix64::new(5);
         let mut table = RateTable::new(RateLimit::default(), 64);
         for i in 0..20_000 {
             let len = (rng.next_u64() % 100) as usize;

@@ -2,7 +2,7 @@
 //! conflict rule, with no real waiting.
 
 use super::*;
-use crate::zcip::arp::Operation;
+use crate::arp::Operation;
 
 const OURS: Mac = [0x02, 0, 0, 0, 0, 0x01];
 const PEER: Mac = [0x02, 0, 0, 0, 0, 0x02];
@@ -339,8 +339,8 @@ fn candidates_come_from_the_l_network() {
 
 #[test]
 fn the_mac_seed_fixes_the_first_choice_and_different_macs_differ() {
-    let seed_a = crate::zcip::random::SplitMix64::seed_from_mac(OURS);
-    let seed_b = crate::zcip::random::SplitMix64::seed_from_mac(PEER);
+    let seed_a = crate::rng::seed_from_mac(OURS);
+    let seed_b = crate::rng::seed_from_mac(PEER);
     let first = |seed| Machine::new(settings(&[], seed)).next_candidate();
     assert_eq!(first(seed_a), first(seed_a));
     assert_ne!(first(seed_a), first(seed_b));

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use toolbox::zcip::arp::ArpPacket;
+use toolbox::arp::ArpPacket;
 use toolbox::zcip::state::{is_usable, Action, Event, Machine, Settings};
 
 const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];

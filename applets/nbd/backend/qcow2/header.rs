@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use crate::bytes::{be32, be64};
+
 pub const MAGIC: [u8; 4] = *b"QFI\xfb";
 
 /// Incompatible feature bits.
@@ -84,18 +86,6 @@ impl fmt::Display for HeaderError {
             HeaderError::Corrupt(what) => write!(f, "corrupt qcow2 image: {what}"),
         }
     }
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    let mut v = [0u8; 4];
-    v.copy_from_slice(&b[at..at + 4]);
-    u32::from_be_bytes(v)
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut v = [0u8; 8];
-    v.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(v)
 }
 
 fn corrupt(what: impl Into<String>) -> HeaderError {

@@ -5,6 +5,7 @@ use std::io;
 
 use super::header::{Header, MAX_L1_BYTES};
 use super::io::{corrupt, ImageFile};
+use crate::bytes::{be16, be32, be64};
 
 /// qemu's limits on one entry's extra data and on the whole table.
 const MAX_EXTRA_DATA: u32 = 1024;
@@ -33,14 +34,11 @@ pub fn read_table(img: &ImageFile, h: &Header) -> io::Result<(Vec<Snapshot>, u64
         }
         let mut fixed = [0u8; ENTRY_FIXED];
         img.read_meta(&mut fixed, pos, false)?;
-        let be32 = |at: usize| {
-            u32::from_be_bytes([fixed[at], fixed[at + 1], fixed[at + 2], fixed[at + 3]])
-        };
-        let l1_offset = u64::from_be_bytes(fixed[..8].try_into().unwrap_or_default());
-        let l1_size = be32(8);
-        let id_len = u16::from_be_bytes([fixed[12], fixed[13]]) as usize;
-        let name_len = u16::from_be_bytes([fixed[14], fixed[15]]) as usize;
-        let extra_len = be32(36);
+        let l1_offset = be64(&fixed, 0);
+        let l1_size = be32(&fixed, 8);
+        let id_len = be16(&fixed, 12) as usize;
+        let name_len = be16(&fixed, 14) as usize;
+        let extra_len = be32(&fixed, 36);
         if extra_len > MAX_EXTRA_DATA {
             return Err(corrupt(format!(
                 "snapshot {n} has {extra_len} bytes of extra data"

@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 use libc::sock_filter;
 
-use super::arp::{self, Mac};
+use crate::arp::{self, Mac};
 
 const LOAD_WORD: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
 const LOAD_HALF: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
@@ -115,7 +115,7 @@ fn instruction(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::zcip::arp::{ArpPacket, Operation};
+    use crate::arp::{ArpPacket, Operation};
 
     const OURS: Mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
     const PEER: Mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x66];

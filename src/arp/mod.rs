@@ -1,10 +1,19 @@
-//! ARP over Ethernet for IPv4: validating received packets and building
-//! probes and announcements (RFC 5227 §2.1.1 and §2.3). No I/O: the packet
-//! socket is SOCK_DGRAM, so these are the 28 bytes after the link header.
+//! ARP over Ethernet for IPv4, shared by zcip (RFC 3927 link-local
+//! addresses) and ipmgmtd (duplicate address detection): validating
+//! received packets, building probes and announcements (RFC 5227 §2.1.1
+//! and §2.3), and [`filter`], the kernel program that keeps unrelated ARP
+//! traffic away. No I/O: the packet socket ([`crate::packet_socket`]) is
+//! SOCK_DGRAM, so these are the 28 bytes after the link header.
 
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use crate::bytes::be16;
+
+pub mod filter;
+
+/// The EtherType a packet socket for ARP binds to.
+pub const ETHERTYPE_ARP: u16 = libc::ETH_P_ARP as u16;
 pub const HARDWARE_ETHERNET: u16 = 1;
 pub const PROTOCOL_IPV4: u16 = 0x0800;
 pub const ETHERNET_ADDRESS_LEN: u8 = 6;
@@ -62,12 +71,11 @@ impl ArpPacket {
         let Some(packet) = bytes.get(..PACKET_LEN) else {
             return Err(FrameError::TooShort(bytes.len()));
         };
-        let be16 = |at: usize| u16::from_be_bytes([packet[at], packet[at + 1]]);
-        let hardware = be16(0);
+        let hardware = be16(packet, 0);
         if hardware != HARDWARE_ETHERNET {
             return Err(FrameError::HardwareType(hardware));
         }
-        let protocol = be16(2);
+        let protocol = be16(packet, 2);
         if protocol != PROTOCOL_IPV4 {
             return Err(FrameError::ProtocolType(protocol));
         }
@@ -77,7 +85,7 @@ impl ArpPacket {
         if packet[5] != IPV4_ADDRESS_LEN {
             return Err(FrameError::ProtocolLength(packet[5]));
         }
-        let operation = match be16(6) {
+        let operation = match be16(packet, 6) {
             OP_REQUEST => Operation::Request,
             OP_REPLY => Operation::Reply,
             other => return Err(FrameError::Operation(other)),
@@ -123,6 +131,13 @@ impl ArpPacket {
     /// A request from an unconfigured host (RFC 5227 §2.1.1 probe).
     pub fn is_probe(&self) -> bool {
         self.operation == Operation::Request && self.sender_ip.is_unspecified()
+    }
+
+    /// Whether this packet shows another host using `address`: it claims
+    /// `address` as its sender address from a hardware address not `ours`
+    /// (our own probe or announcement coming back is no conflict).
+    pub fn claims(&self, address: Ipv4Addr, ours: &Mac) -> bool {
+        self.sender_ip == address && self.sender_mac != *ours
     }
 
     pub fn to_bytes(&self) -> [u8; PACKET_LEN] {
@@ -220,7 +235,7 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic_and_only_well_formed_headers_parse() {
-        let mut rng = crate::zcip::random::SplitMix64::new(42);
+        let mut rng = crate::rng::SplitMix64::new(42);
         for _ in 0..20_000 {
             let len = rng.below(40) as usize;
             let mut bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
@@ -233,6 +248,39 @@ mod tests {
                 assert_eq!(packet.to_bytes()[..], bytes[..PACKET_LEN]);
             }
         }
+    }
+
+    #[test]
+    fn probes_hide_the_sender_address() {
+        let addr = Ipv4Addr::new(10, 0, 0, 1);
+        let p = ArpPacket::probe(OURS, addr).to_bytes();
+        assert_eq!(&p[14..18], &[0, 0, 0, 0]);
+        assert_eq!(&p[24..28], &[10, 0, 0, 1]);
+        // Our own probe coming back is no conflict.
+        assert!(!ArpPacket::parse(&p).unwrap().claims(addr, &OURS));
+    }
+
+    #[test]
+    fn conflicts_are_other_hosts_claiming_the_address() {
+        const THEIRS: Mac = [0x02, 0, 0, 0, 0, 2];
+        let is_conflict = |bytes: &[u8], ours: &Mac, addr: Ipv4Addr| {
+            ArpPacket::parse(bytes).is_ok_and(|p| p.claims(addr, ours))
+        };
+        let reply_from = |mac: Mac, ip: Ipv4Addr| {
+            let mut p = ArpPacket::probe(mac, Ipv4Addr::UNSPECIFIED);
+            p.operation = Operation::Reply;
+            p.sender_ip = ip;
+            p.to_bytes()
+        };
+        let addr = Ipv4Addr::new(10, 0, 0, 1);
+        assert!(is_conflict(&reply_from(THEIRS, addr), &OURS, addr));
+        assert!(!is_conflict(&reply_from(OURS, addr), &OURS, addr));
+        assert!(!is_conflict(
+            &reply_from(THEIRS, Ipv4Addr::new(10, 0, 0, 2)),
+            &OURS,
+            addr
+        ));
+        assert!(!is_conflict(&reply_from(THEIRS, addr)[..20], &OURS, addr));
     }
 
     #[test]
