@@ -101,6 +101,7 @@ impl DhcpManager {
                     udp: None,
                     deadline: None,
                     dropped: 0,
+                    bad_checksums: 0,
                 };
                 tokio::spawn(runner.run(rx));
             }
@@ -197,6 +198,22 @@ impl RawSocket {
         if rc != 0 {
             return Err(last_error("attaching the BPF filter"));
         }
+        // Tells recv which frames carry a UDP checksum still to be filled
+        // in by the sender's link (checksum offload on a local peer).
+        let on: libc::c_int = 1;
+        // SAFETY: setting an int option from a live int.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_AUXDATA,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(last_error("asking for packet auxiliary data"));
+        }
         let local = link_addr(ifindex, false);
         // SAFETY: binding our socket to a sockaddr_ll of the right size.
         let rc = unsafe {
@@ -236,29 +253,55 @@ impl RawSocket {
         Ok(())
     }
 
-    /// One datagram; its real length may exceed the buffer (MSG_TRUNC).
-    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+    /// One datagram: its real length (which may exceed the buffer,
+    /// MSG_TRUNC) and whether its UDP checksum is complete (see
+    /// `frame::parse`).
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, bool)> {
         loop {
             let mut guard = self.fd.readable().await?;
-            // SAFETY: receiving into our buffer.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.get_ref().as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_TRUNC,
-                )
-            };
-            if n >= 0 {
-                return Ok(n as usize);
+            match recv_with_auxdata(self.fd.get_ref().as_raw_fd(), buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                other => return other,
             }
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                guard.clear_ready();
-                continue;
-            }
-            return Err(e);
         }
+    }
+}
+
+fn recv_with_auxdata(fd: libc::c_int, buf: &mut [u8]) -> io::Result<(usize, bool)> {
+    // SAFETY: a zeroed msghdr is valid; every pointer handed to recvmsg
+    // refers to a live buffer of the stated length, and control messages
+    // are read only within what the kernel reports it wrote.
+    unsafe {
+        let mut control = [0u64; 8];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        let n = libc::recvmsg(fd, &mut msg, libc::MSG_TRUNC | libc::MSG_DONTWAIT);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut checksum_ready = true;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let header = &*cmsg;
+            if header.cmsg_level == libc::SOL_PACKET
+                && header.cmsg_type == libc::PACKET_AUXDATA
+                && header.cmsg_len as usize
+                    >= libc::CMSG_LEN(std::mem::size_of::<libc::tpacket_auxdata>() as u32) as usize
+            {
+                let aux: libc::tpacket_auxdata =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                checksum_ready = aux.tp_status & libc::TP_STATUS_CSUMNOTREADY == 0;
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok((n as usize, checksum_ready))
     }
 }
 
@@ -316,9 +359,11 @@ struct Runner {
     deadline: Option<Duration>,
     /// Malformed, oversized or foreign datagrams.
     dropped: u64,
+    /// Of those, frames with a wrong IPv4 or UDP checksum.
+    bad_checksums: u64,
 }
 
-async fn recv_raw(raw: &Option<RawSocket>, buf: &mut [u8]) -> io::Result<usize> {
+async fn recv_raw(raw: &Option<RawSocket>, buf: &mut [u8]) -> io::Result<(usize, bool)> {
     match raw {
         Some(r) => r.recv(buf).await,
         None => std::future::pending().await,
@@ -372,7 +417,7 @@ impl Runner {
                     None => return,
                 },
                 n = recv_raw(&self.raw, &mut buf) => match n {
-                    Ok(n) => match self.datagram(&buf, n, true) {
+                    Ok((n, checksum_ready)) => match self.datagram(&buf, n, Some(checksum_ready)) {
                         Some(m) => Event::Message(m),
                         None => continue,
                     },
@@ -384,7 +429,7 @@ impl Runner {
                     }
                 },
                 n = recv_udp(&self.udp, &mut ubuf) => match n {
-                    Ok(n) => match self.datagram(&ubuf, n, false) {
+                    Ok(n) => match self.datagram(&ubuf, n, None) {
                         Some(m) => Event::Message(m),
                         None => continue,
                     },
@@ -408,8 +453,10 @@ impl Runner {
         }
     }
 
-    /// A received datagram as a message, or counted as dropped.
-    fn datagram(&mut self, buf: &[u8], n: usize, raw: bool) -> Option<Message> {
+    /// A received datagram as a message, or counted as dropped. `raw`:
+    /// an IPv4 packet off the packet socket, and whether its UDP checksum
+    /// is complete; None: a UDP payload (the kernel checked it).
+    fn datagram(&mut self, buf: &[u8], n: usize, raw: Option<bool>) -> Option<Message> {
         let drop = |r: &mut Runner, why: &str| {
             r.dropped += 1;
             tracing::debug!(
@@ -422,13 +469,25 @@ impl Runner {
         if n > buf.len() {
             return drop(self, "oversized");
         }
-        let payload = if raw {
-            match frame::parse(&buf[..n]) {
-                Some((_, payload)) => payload,
-                None => return drop(self, "not UDP to port 68"),
-            }
-        } else {
-            &buf[..n]
+        let payload = match raw {
+            Some(checksum_ready) => match frame::parse(&buf[..n], checksum_ready) {
+                Ok((_, payload)) => payload,
+                Err(e) => {
+                    if e.is_bad_checksum() {
+                        self.bad_checksums += 1;
+                    }
+                    // Said at 1, 2, 4, 8, ...: a flood of them floods no log.
+                    if e.is_bad_checksum() && self.bad_checksums.is_power_of_two() {
+                        tracing::info!(
+                            "{}: dropped a damaged frame ({e}); {} so far",
+                            self.aobj,
+                            self.bad_checksums
+                        );
+                    }
+                    return drop(self, &e.to_string());
+                }
+            },
+            None => &buf[..n],
         };
         match Message::parse(payload) {
             Ok(m) => Some(m),
