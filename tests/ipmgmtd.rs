@@ -2834,3 +2834,85 @@ fn dhcp_rebinds_by_broadcast_at_t2_when_isc_dhcpd_cannot_be_reached_by_unicast()
         .and_then(Json::as_u64)
         .is_some_and(|v| v > 20));
 }
+
+/// `ipadm try` of DHCP objects, rolled back: a tried create-addr leaves
+/// no client renewing behind it, a tried delete-addr -r gets its client
+/// (and a lease) back.
+#[test]
+fn try_rolls_dhcp_objects_back_with_their_clients() {
+    if !require_peer("dhcpd") {
+        return;
+    }
+    let Some(mut rig) = Rig::new("dt") else {
+        return;
+    };
+    let (mut server, ours) = DhcpServer::new(&rig, "dts");
+    server.start_dhcpd("10.98.0");
+    rig.start();
+    let obj = format!("{ours}/v4");
+    let mac = mac_of(&rig, &ours);
+    assert_eq!(
+        rig.ok(&[
+            "try",
+            "-t",
+            "3",
+            "create-addr",
+            "-T",
+            "dhcp",
+            "-w",
+            "30",
+            &obj
+        ]),
+        "ipadm: change applied; run 'ipadm confirm' within 3 seconds or it is rolled back\n"
+    );
+    let addr = leased(&rig.ok(&["show-addr", "-p", "-o", "addr", &obj]));
+    let local = addr.trim_end_matches("/24").to_owned();
+    wait_until(T, || rig.addr(&ours, &local).is_none())
+        .unwrap_or_else(|| panic!("no rollback: {:?}", rig.addr_list(&ours)));
+    assert!(!rig.ipadm(&["show-addr", &obj]).status.success());
+    assert!(!rig.db().contains(&obj));
+    // Past T1 (6 s): nothing renews the lease, nothing puts it back.
+    let requests = count(
+        &server.log(),
+        &format!("DHCPREQUEST for {local} from {mac}"),
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        count(
+            &server.log(),
+            &format!("DHCPREQUEST for {local} from {mac}")
+        ),
+        requests,
+        "a client still runs: {}",
+        server.log()
+    );
+    assert!(rig.addr(&ours, &local).is_none());
+
+    rig.ok(&["create-addr", "-T", "dhcp", "-w", "30", &obj]);
+    let addr = leased(&rig.ok(&["show-addr", "-p", "-o", "addr", &obj]));
+    let local = addr.trim_end_matches("/24").to_owned();
+    rig.ok(&["try", "-t", "2", "delete-addr", "-r", &obj]);
+    assert!(rig.addr(&ours, &local).is_none());
+    wait_until(SHORT, || {
+        server
+            .log()
+            .contains(&format!("DHCPRELEASE of {local} from {mac}"))
+    })
+    .unwrap_or_else(|| panic!("no RELEASE: {}", server.log()));
+    // Rolled back: the client runs again and leases an address anew.
+    let row = rig.wait_addr(&obj, "state,addr", |r| r.starts_with("ok:10.98.0."));
+    let local = leased(&row).trim_end_matches("/24").to_owned();
+    assert!(rig.addr(&ours, &local).is_some());
+    assert!(rig.db().contains(&format!("_aobjname={obj};_dhcp=30,no;")));
+    let renewals = count(
+        &server.log(),
+        &format!("DHCPREQUEST for {local} from {mac}"),
+    );
+    wait_until(T, || {
+        count(
+            &server.log(),
+            &format!("DHCPREQUEST for {local} from {mac}"),
+        ) > renewals
+    })
+    .unwrap_or_else(|| panic!("no renewal after the rollback: {}", server.log()));
+}

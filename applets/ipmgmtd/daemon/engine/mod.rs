@@ -74,6 +74,8 @@ enum Wait {
     Dhcp {
         aobj: AddrObj,
         deadline: Option<Instant>,
+        /// What to answer once bound (a trial's note among it).
+        reply: Reply,
     },
     /// `refresh-addr` of an IPv4 address: the shell probes, we decide.
     Probe4 {
@@ -348,7 +350,7 @@ impl Engine {
                 }
             }
         };
-        if let Wait::Dad6 { reply: held, .. } = &mut wait {
+        if let Wait::Dad6 { reply: held, .. } | Wait::Dhcp { reply: held, .. } = &mut wait {
             *held = reply;
         }
         self.waits().insert(id, wait);
@@ -373,7 +375,11 @@ impl Engine {
                 report,
                 reply,
             } => (index, addr, deadline, report, reply),
-            Wait::Dhcp { aobj, deadline } => return self.poll_dhcp(id, &aobj, deadline, now),
+            Wait::Dhcp {
+                aobj,
+                deadline,
+                reply,
+            } => return self.poll_dhcp(id, &aobj, deadline, reply, now),
             Wait::Probe4 { .. } => {
                 return Outcome::reply(Reply::error(Error::with(Status::Failure, "not a DAD wait")))
             }
@@ -418,6 +424,7 @@ impl Engine {
         id: u64,
         aobj: &AddrObj,
         deadline: Option<Instant>,
+        reply: Reply,
         now: Instant,
     ) -> Outcome {
         let bound = self.dhcp.bound(aobj);
@@ -425,7 +432,7 @@ impl Engine {
         if bound || gone || deadline.is_some_and(|d| now >= d) {
             self.waits().remove(&id);
             return Outcome::reply(if bound {
-                Reply::ok()
+                reply
             } else if gone {
                 Reply::error(Status::NotFound.into())
             } else {

@@ -521,7 +521,7 @@ impl Rig {
         self.dhcp.remove(&a);
     }
 
-    fn try_change(&self, change: Request) -> (u64, Vec<DhcpEffect>) {
+    fn try_change(&self, change: Request) -> (u64, Vec<DhcpEffect>, Next) {
         let out = self.engine.handle(
             Request::Try {
                 seconds: 30,
@@ -530,16 +530,29 @@ impl Rig {
             Instant::now(),
         );
         let (id, _) = out.trial.expect("a rollback timer");
-        (id, out.effects)
+        (id, out.effects, out.next)
     }
 }
 
 #[test]
 fn rolling_back_a_dhcp_object_stops_its_client_which_takes_its_lease_off() {
     let rig = rig("trydhcp");
-    let (id, effects) = rig.try_change(create_dhcp("net0/d", Some(0)));
+    let (id, effects, next) = rig.try_change(create_dhcp("net0/d", Some(30)));
     assert!(matches!(effects[..], [DhcpEffect::Start { .. }]));
+    let Next::Poll { id: wait, .. } = next else {
+        panic!("-w 30 waits for the lease");
+    };
     rig.lease("net0/d", "10.0.0.50");
+    // Bound: the reply says the change awaits confirmation.
+    let bound = reply(rig.engine.poll(wait, Instant::now()));
+    assert_eq!(bound.result, Ok(()));
+    assert!(
+        bound
+            .info
+            .as_deref()
+            .is_some_and(|i| i.contains("ipadm confirm")),
+        "{bound:?}"
+    );
     let undo = rig.engine.expire(id);
     assert_eq!(
         undo,
@@ -567,7 +580,7 @@ fn rolling_back_a_dhcp_delete_starts_the_client_again_without_putting_its_old_ad
     let rig = rig("trydhcpdel");
     assert_eq!(rig.handle(create_dhcp("net0/d", Some(0))).effects.len(), 1);
     rig.lease("net0/d", "10.0.0.50");
-    let (id, effects) = rig.try_change(Request::DeleteAddr {
+    let (id, effects, _) = rig.try_change(Request::DeleteAddr {
         aobj: aobj("net0/d"),
         release: true,
     });
@@ -605,7 +618,7 @@ fn rolling_back_another_change_leaves_a_lease_that_moved_meanwhile_alone() {
     let rig = rig("trylease");
     assert_eq!(rig.handle(create_dhcp("net0/d", Some(0))).effects.len(), 1);
     rig.lease("net0/d", "10.0.0.50");
-    let (id, effects) = rig.try_change(create("net1/v4", "198.51.100.1/24"));
+    let (id, effects, _) = rig.try_change(create("net1/v4", "198.51.100.1/24"));
     assert!(effects.is_empty());
     // During the trial the server NAKs the lease; the client gets another.
     rig.unlease("net0/d", "10.0.0.50");
