@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 peers=(qemu-utils nbdkit libnbd-bin python3-libnbd fio chrony ntpsec-ntpdate busybox-static arping tcpdump iproute2 fdisk
-    dnsmasq-base openssl)
+    dnsmasq-base isc-dhcp-server openssl)
 # Packaging checks (scripts/test-dist.sh): systemd-analyze, lintian, man.
 peers+=(systemd lintian man-db)
 missing=()

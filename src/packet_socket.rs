@@ -22,6 +22,8 @@ pub enum OpenStep {
     Socket,
     Filter,
     Bind,
+    /// Asking for PACKET_AUXDATA ([`PacketFd::request_auxdata`]).
+    Auxdata,
     /// Handing the socket to the tokio runtime ([`PacketSocket::open`]).
     Register,
 }
@@ -38,6 +40,7 @@ impl fmt::Display for OpenError {
             OpenStep::Socket => "packet socket",
             OpenStep::Filter => "attaching the BPF filter",
             OpenStep::Bind => "binding the packet socket",
+            OpenStep::Auxdata => "asking for packet auxiliary data",
             OpenStep::Register => "registering the packet socket",
         };
         write!(f, "{step}: {}", self.error)
@@ -54,6 +57,11 @@ pub struct Received {
     pub len: usize,
     /// A copy of a packet this host sent.
     pub outgoing: bool,
+    /// False when the kernel says the UDP/TCP checksum is still to be
+    /// filled in by the sender's link (checksum offload from a local
+    /// peer, PACKET_AUXDATA's TP_STATUS_CSUMNOTREADY); always true unless
+    /// [`PacketFd::request_auxdata`] was called.
+    pub checksum_ready: bool,
 }
 
 /// The socket itself, non-blocking; blocking callers poll its descriptor.
@@ -178,30 +186,73 @@ impl PacketFd {
         Ok(())
     }
 
-    /// One recvfrom into `buf`, once (EAGAIN is the caller's).
-    pub fn receive(&self, buf: &mut [u8]) -> io::Result<Received> {
-        // SAFETY: sockaddr_ll is plain data.
-        let mut from: libc::sockaddr_ll = unsafe { zeroed() };
-        let mut from_len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        // SAFETY: `buf` and `from` are valid for writes of the sizes given;
-        // MSG_TRUNC makes the kernel report a packet's full length.
-        let n = unsafe {
-            libc::recvfrom(
+    /// Asks the kernel to attach PACKET_AUXDATA to every received packet,
+    /// so [`Received::checksum_ready`] tells offloaded checksums apart.
+    pub fn request_auxdata(&self) -> io::Result<()> {
+        let on: libc::c_int = 1;
+        // SAFETY: setting an int option from a live int.
+        let rc = unsafe {
+            libc::setsockopt(
                 self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_TRUNC,
-                (&mut from as *mut libc::sockaddr_ll).cast(),
-                &mut from_len,
+                libc::SOL_PACKET,
+                libc::PACKET_AUXDATA,
+                (&on as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
-        if n < 0 {
+        if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Received {
-            len: n as usize,
-            outgoing: from.sll_pkttype == libc::PACKET_OUTGOING,
-        })
+        Ok(())
+    }
+
+    /// One recvmsg into `buf`, once (EAGAIN is the caller's).
+    pub fn receive(&self, buf: &mut [u8]) -> io::Result<Received> {
+        // SAFETY: sockaddr_ll, iovec and msghdr are plain data; all-zero is
+        // valid. Every pointer handed to recvmsg refers to a live buffer of
+        // the stated length; MSG_TRUNC makes the kernel report a packet's
+        // full length. Control messages are read only within what the
+        // kernel reports it wrote (CMSG_FIRSTHDR/NXTHDR bound them).
+        unsafe {
+            let mut from: libc::sockaddr_ll = zeroed();
+            let mut control = [0u64; 8];
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            let mut msg: libc::msghdr = zeroed();
+            msg.msg_name = (&mut from as *mut libc::sockaddr_ll).cast();
+            msg.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            // The field's type differs between C libraries (size_t, socklen_t).
+            msg.msg_controllen = std::mem::size_of_val(&control) as _;
+            let n = libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_TRUNC);
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut checksum_ready = true;
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                let header = &*cmsg;
+                if header.cmsg_level == libc::SOL_PACKET
+                    && header.cmsg_type == libc::PACKET_AUXDATA
+                    && header.cmsg_len as usize
+                        >= libc::CMSG_LEN(size_of::<libc::tpacket_auxdata>() as u32) as usize
+                {
+                    let aux: libc::tpacket_auxdata =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    checksum_ready = aux.tp_status & libc::TP_STATUS_CSUMNOTREADY == 0;
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+            Ok(Received {
+                len: n as usize,
+                outgoing: from.sll_pkttype == libc::PACKET_OUTGOING,
+                checksum_ready,
+            })
+        }
     }
 
     fn link_address(&self, destination: Option<[u8; 6]>) -> libc::sockaddr_ll {
@@ -258,6 +309,10 @@ impl PacketSocket {
 
     pub fn take_error(&self) -> Option<io::Error> {
         self.fd.get_ref().take_error()
+    }
+
+    pub fn request_auxdata(&self) -> io::Result<()> {
+        self.fd.get_ref().request_auxdata()
     }
 
     /// Broadcasts one packet now, without waiting for room (EAGAIN is an error).

@@ -2017,14 +2017,16 @@ fn older_datastores_are_upgraded_and_unparsable_lines_kept() {
     assert!(rig.db().contains("\nthis line is garbage\n"));
 }
 
-/// A DHCP server namespace behind a bridge: `dnsmasq` on it, leases and
-/// its --log-dhcp output in the rig's root.
+/// A DHCP server namespace behind a bridge: `dnsmasq` or ISC `dhcpd` on
+/// it, its leases and log in the rig's root.
 struct DhcpServer {
     ns: Netns,
     bridge: Bridge,
     _links: Vec<Veth>,
     daemon: Option<Daemon>,
     dir: PathBuf,
+    /// The running server's log, in `dir`.
+    log_name: &'static str,
 }
 
 impl DhcpServer {
@@ -2044,6 +2046,7 @@ impl DhcpServer {
                 _links: vec![veth],
                 daemon: None,
                 dir,
+                log_name: "dnsmasq.log",
             },
             ours,
         )
@@ -2061,7 +2064,7 @@ impl DhcpServer {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("dnsmasq.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join(self.log_name)).unwrap_or_default()
     }
 
     fn leases(&self) -> String {
@@ -2099,6 +2102,7 @@ impl DhcpServer {
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+        self.log_name = "dnsmasq.log";
         self.daemon = Some(Daemon::spawn(cmd));
         let log = self.dir.join("dnsmasq.log");
         wait_until(SHORT, || {
@@ -2107,18 +2111,166 @@ impl DhcpServer {
         .expect("dnsmasq did not start");
     }
 
+    /// The bridge's address moves to `net`.1/24 (`net`: three octets).
+    fn renumber(&self, net: &str) {
+        self.ns.ip(&["addr", "flush", "dev", &self.bridge.name]);
+        self.ns.ip(&[
+            "addr",
+            "add",
+            &format!("{net}.1/24"),
+            "dev",
+            &self.bridge.name,
+        ]);
+    }
+
+    /// ISC dhcpd, authoritative for `net`.0/24 (the bridge's network),
+    /// handing out .50 to .60 for 30 s with T1 6 s and T2 9 s. Each renewal
+    /// extends the lease (no dhcp-cache-threshold reuse of a young lease).
+    /// Its log (-d) goes to dhcpd.log, appended across restarts.
+    fn start_dhcpd(&mut self, net: &str) {
+        let conf = self.dir.join("dhcpd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "authoritative;\n\
+                 default-lease-time 30;\n\
+                 max-lease-time 30;\n\
+                 min-lease-time 30;\n\
+                 dhcp-cache-threshold 0;\n\
+                 option dhcp-renewal-time 6;\n\
+                 option dhcp-rebinding-time 9;\n\
+                 subnet {net}.0 netmask 255.255.255.0 {{\n\
+                 \x20 range {net}.50 {net}.60;\n\
+                 \x20 option routers {net}.1;\n\
+                 \x20 option domain-name-servers {net}.2;\n\
+                 \x20 option domain-name \"test.lan\";\n\
+                 }}\n"
+            ),
+        )
+        .unwrap();
+        let leases = self.dir.join("leases");
+        if !leases.exists() {
+            std::fs::write(&leases, "").unwrap();
+        }
+        let log_path = self.dir.join("dhcpd.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        self.log_name = "dhcpd.log";
+        let started = count(&self.log(), "Server starting service.");
+        let mut cmd = self.ns.command("dhcpd");
+        cmd.args(["-f", "-d", "-4", "-cf"])
+            .arg(&conf)
+            .arg("-lf")
+            .arg(&leases)
+            .arg("-pf")
+            .arg(self.dir.join("dhcpd.pid"))
+            .arg(&self.bridge.name)
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.daemon = Some(Daemon::spawn(cmd));
+        let ready = wait_until(SHORT, || {
+            count(&self.log(), "Server starting service.") > started
+                || count(&self.log(), "exiting.") > 0
+        });
+        assert!(
+            ready.is_some() && count(&self.log(), "exiting.") == 0,
+            "dhcpd did not start: {}",
+            self.log()
+        );
+    }
+
+    /// When dhcpd's lease of `addr` ends (its latest record), as
+    /// `YYYY/MM/DD HH:MM:SS`, which sorts as time does.
+    fn dhcpd_lease_end(&self, addr: &str) -> Option<String> {
+        let leases = self.leases();
+        let block = leases.rsplit(&format!("lease {addr} {{")).next()?;
+        let block = block.split('}').next()?;
+        let ends = block.lines().find_map(|l| l.trim().strip_prefix("ends "))?;
+        // "4 2026/12/03 17:26:58;": weekday, date, time.
+        Some(ends.trim_end_matches(';').split_once(' ')?.1.to_owned())
+    }
+
+    /// The binding state of dhcpd's latest record of `addr`.
+    fn dhcpd_binding(&self, addr: &str) -> Option<String> {
+        let leases = self.leases();
+        if !leases.contains(&format!("lease {addr} {{")) {
+            return None;
+        }
+        let block = leases.rsplit(&format!("lease {addr} {{")).next()?;
+        let block = block.split('}').next()?;
+        block.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix("binding state ")
+                .map(|s| s.trim_end_matches(';').to_owned())
+        })
+    }
+
     fn stop(&mut self) {
         if let Some(mut d) = self.daemon.take() {
             d.terminate();
             d.wait_timeout(SHORT);
         }
+        // dhcpd refuses to start while its pid file names a live process.
+        let _ = std::fs::remove_file(self.dir.join("dhcpd.pid"));
     }
 }
 
-impl Drop for DhcpServer {
-    fn drop(&mut self) {
-        self.stop();
+/// tcpdump -v of DHCP traffic on one interface, not in promiscuous mode
+/// (-p): what that interface takes in or sends, as a host there sees it.
+struct Capture {
+    _daemon: Daemon,
+    out: PathBuf,
+}
+
+impl Capture {
+    fn start(ns: &Netns, dev: &str, out: PathBuf) -> Capture {
+        let err = out.with_extension("err");
+        let mut cmd = ns.command("tcpdump");
+        cmd.args(["-p", "-n", "-e", "-l", "-v", "-i", dev])
+            .args(["udp", "port", "67", "or", "udp", "port", "68"])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap());
+        let daemon = Daemon::spawn(cmd);
+        wait_until(SHORT, || {
+            std::fs::read_to_string(&err).is_ok_and(|e| e.contains("listening on"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "tcpdump did not start: {}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            )
+        });
+        Capture {
+            _daemon: daemon,
+            out,
+        }
     }
+
+    /// Every packet so far: its headline with the decoded lines under it.
+    fn packets(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let mut packets: Vec<String> = Vec::new();
+        for line in text.lines() {
+            match packets.last_mut() {
+                Some(p) if line.starts_with([' ', '\t']) => {
+                    p.push('\n');
+                    p.push_str(line);
+                }
+                _ => packets.push(line.to_owned()),
+            }
+        }
+        packets
+    }
+}
+
+/// Whether a captured packet is a DHCP message of type `kind`, as
+/// tcpdump names it (Discover, Request, ACK, ...).
+fn dhcp_kind(packet: &str, kind: &str) -> bool {
+    let line = format!("DHCP-Message (53), length 1: {kind}");
+    packet.lines().any(|l| l.trim() == line)
 }
 
 fn count(text: &str, needle: &str) -> usize {
@@ -2379,4 +2531,372 @@ fn dhcp_gets_the_lease_udhcpc_gets_and_the_hook_hears_the_same() {
         !log.to_lowercase().contains("warning"),
         "dnsmasq warned: {log}"
     );
+}
+
+/// The MAC address of `dev` in the rig's namespace.
+fn mac_of(rig: &Rig, dev: &str) -> String {
+    rig.link(dev)
+        .get("address")
+        .and_then(Json::as_str)
+        .expect("a MAC address")
+        .to_owned()
+}
+
+#[test]
+fn dhcp_lease_from_isc_dhcpd_renewed_at_t1_and_released() {
+    if !require_peer("dhcpd") {
+        return;
+    }
+    let Some(mut rig) = Rig::new("di") else {
+        return;
+    };
+    let (mut server, ours) = DhcpServer::new(&rig, "dis");
+    server.start_dhcpd("10.98.0");
+    let hook_log = rig.install_hook();
+    rig.start();
+    let obj = format!("{ours}/v4");
+    let mac = mac_of(&rig, &ours);
+    let br = server.bridge.name.clone();
+    rig.ok(&[
+        "create-addr",
+        "-T",
+        "dhcp",
+        "-w",
+        "30",
+        "-h",
+        "tbhost",
+        &obj,
+    ]);
+    let row = rig.ok(&["show-addr", "-p", "-o", "addrobj,type,state,addr", &obj]);
+    let addr = leased(&row);
+    let local = addr.trim_end_matches("/24").to_owned();
+    let host: u8 = local
+        .strip_prefix("10.98.0.")
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(0);
+    assert!((50..=60).contains(&host) && addr.ends_with("/24"), "{row}");
+    assert_eq!(row, format!("{obj}:dhcp:ok:{addr}\n"));
+    let k = rig.addr(&ours, &local).expect("the lease in the kernel");
+    assert!(k
+        .get("valid_life_time")
+        .and_then(Json::as_u64)
+        .is_some_and(|v| v <= 30));
+    let lease_cols = rig.ok(&["show-addr", "-p", "-o", "lease,server,dhcpstate", &obj]);
+    assert!(lease_cols.starts_with("30:10.98.0.1:"), "{lease_cols}");
+    let hook = std::fs::read_to_string(&hook_log).unwrap_or_default();
+    assert!(
+        hook.contains(&format!(
+            "bound {ours} ip={local} subnet=255.255.255.0 router=10.98.0.1 dns=10.98.0.2 domain=test.lan lease=30"
+        )),
+        "{hook}"
+    );
+    let log = server.log();
+    assert!(
+        log.contains(&format!("DHCPDISCOVER from {mac} via {br}"))
+            && log.contains(&format!("DHCPACK on {local} to {mac} (tbhost) via {br}")),
+        "{log}"
+    );
+    assert_eq!(server.dhcpd_binding(&local).as_deref(), Some("active"));
+    assert!(
+        server.leases().contains("client-hostname \"tbhost\";"),
+        "{}",
+        server.leases()
+    );
+    let ends = server.dhcpd_lease_end(&local).expect("dhcpd's lease");
+
+    // T1 (6 s): a REQUEST with our address, ACKed; dhcpd moves the end on.
+    let renewal = format!("DHCPREQUEST for {local} from {mac} (tbhost) via {br}");
+    let acked = format!("DHCPACK on {local} to {mac} (tbhost) via {br}");
+    wait_until(T, || {
+        let log = server.log();
+        count(&log, &renewal) >= 1 && count(&log, &acked) >= 2
+    })
+    .unwrap_or_else(|| panic!("no renewal: {}", server.log()));
+    wait_until(SHORT, || {
+        server.dhcpd_lease_end(&local).is_some_and(|e| e > ends)
+    })
+    .unwrap_or_else(|| panic!("lease not extended past {ends}: {}", server.leases()));
+    wait_until(SHORT, || {
+        std::fs::read_to_string(&hook_log)
+            .is_ok_and(|h| h.contains(&format!("renew {ours} ip={local}")))
+    })
+    .expect("the hook heard no renew");
+    assert_eq!(
+        rig.ok(&["show-addr", "-p", "-o", "state,addr", &obj]),
+        format!("ok:{addr}\n")
+    );
+
+    // delete-addr -r gives the lease back: dhcpd frees it.
+    rig.ok(&["delete-addr", "-r", &obj]);
+    assert!(rig.addr(&ours, &local).is_none());
+    wait_until(SHORT, || {
+        server.log().contains(&format!(
+            "DHCPRELEASE of {local} from {mac} (tbhost) via {br} (found)"
+        ))
+    })
+    .unwrap_or_else(|| panic!("no RELEASE: {}", server.log()));
+    wait_until(SHORT, || {
+        server.dhcpd_binding(&local).as_deref() == Some("free")
+    })
+    .unwrap_or_else(|| panic!("lease not freed: {}", server.leases()));
+    assert!(!rig.db().contains(&obj));
+}
+
+/// ISC dhcpd stays silent on a unicast renewal of a lease it does not
+/// know, so its NAK is tested where it gives one: at INIT-REBOOT, for an
+/// address on a network it no longer serves.
+#[test]
+fn dhcp_init_reboot_nak_from_isc_dhcpd_takes_the_old_address_off_and_starts_over() {
+    if !require_peer("dhcpd") {
+        return;
+    }
+    let Some(mut rig) = Rig::new("dn") else {
+        return;
+    };
+    let (mut server, ours) = DhcpServer::new(&rig, "dns");
+    server.start_dhcpd("10.98.0");
+    let hook_log = rig.install_hook();
+    rig.start();
+    let obj = format!("{ours}/v4");
+    let mac = mac_of(&rig, &ours);
+    let br = server.bridge.name.clone();
+    rig.ok(&["create-addr", "-T", "dhcp", "-w", "30", &obj]);
+    let old = leased(&rig.ok(&["show-addr", "-p", "-o", "addr", &obj]));
+    let old_local = old.trim_end_matches("/24").to_owned();
+    assert!(old_local.starts_with("10.98.0."), "{old}");
+
+    // The daemon stops with the lease held: the address stays (with its
+    // lifetime) and so does the lease file.
+    assert!(rig.stop().is_some_and(|s| s.success()));
+    assert!(rig.addr(&ours, &old_local).is_some());
+    assert!(rig
+        .root()
+        .join(format!("etc/ipadm/dhcp/{ours}.v4.lease"))
+        .exists());
+
+    // The server now serves another network, authoritatively.
+    server.stop();
+    server.renumber("10.97.0");
+    server.start_dhcpd("10.97.0");
+    rig.start();
+    let row = rig.wait_addr(&obj, "addrobj,state,addr", |r| r.contains(":ok:10.97.0."));
+    let new = leased(&row);
+    let log = server.log();
+    let after_restart = log
+        .rsplit("Server starting service.")
+        .next()
+        .unwrap_or_default();
+    let nak = after_restart
+        .find(&format!(
+            "DHCPREQUEST for {old_local} from {mac} via {br}: wrong network."
+        ))
+        .and_then(|at| {
+            after_restart[at..]
+                .find(&format!("DHCPNAK on {old_local} to {mac} via {br}"))
+                .map(|n| at + n)
+        })
+        .unwrap_or_else(|| panic!("no INIT-REBOOT NAK: {log}"));
+    assert!(
+        after_restart[nak..].contains(&format!("DHCPDISCOVER from {mac} via {br}")),
+        "no DISCOVER after the NAK: {log}"
+    );
+    // The address from before the restart came off at the NAK, long
+    // before its lifetime would have run out.
+    assert!(
+        rig.addr(&ours, &old_local).is_none(),
+        "{old} still there: {:?}",
+        rig.addr_list(&ours)
+    );
+    assert_eq!(rig.addr_list(&ours).first(), Some(&new));
+    let hook = std::fs::read_to_string(&hook_log).unwrap_or_default();
+    let tail = hook
+        .rsplit_once(&format!("nak {ours}"))
+        .map(|(_, t)| t)
+        .unwrap_or_else(|| panic!("the hook heard no nak: {hook}"));
+    assert!(
+        tail.contains(&format!("deconfig {ours}"))
+            && tail.contains(&format!(
+                "bound {ours} ip={} subnet=255.255.255.0 router=10.97.0.1",
+                new.trim_end_matches("/24")
+            )),
+        "{hook}"
+    );
+}
+
+/// The unicast renewals at T1 are lost (the server's address resolves to
+/// a MAC nobody has); at T2 the client broadcasts its REQUEST and the
+/// server's ACK extends the lease.
+#[test]
+fn dhcp_rebinds_by_broadcast_at_t2_when_isc_dhcpd_cannot_be_reached_by_unicast() {
+    if !require_peer("dhcpd") || !require_peer("tcpdump") {
+        return;
+    }
+    let Some(mut rig) = Rig::new("dr") else {
+        return;
+    };
+    let (mut server, ours) = DhcpServer::new(&rig, "drs");
+    server.start_dhcpd("10.98.0");
+    let at_server = Capture::start(
+        &server.ns,
+        &server.bridge.name,
+        rig.root().join("server.pcap.txt"),
+    );
+    let at_client = Capture::start(&rig.ns, &ours, rig.root().join("client.pcap.txt"));
+    rig.start();
+    let obj = format!("{ours}/v4");
+    rig.ok(&["create-addr", "-T", "dhcp", "-w", "30", &obj]);
+    let addr = leased(&rig.ok(&["show-addr", "-p", "-o", "addr", &obj]));
+    let local = addr.trim_end_matches("/24").to_owned();
+    rig.ns.ip(&[
+        "neigh",
+        "replace",
+        "10.98.0.1",
+        "lladdr",
+        "02:00:00:00:00:01",
+        "nud",
+        "permanent",
+        "dev",
+        &ours,
+    ]);
+    let ends = server.dhcpd_lease_end(&local).expect("dhcpd's lease");
+    let seen = at_server.packets().len();
+
+    let rebind = |p: &String| {
+        p.contains(&format!("{local}.68 > 255.255.255.255.67:"))
+            && p.contains(&format!("Client-IP {local}"))
+            && dhcp_kind(p, "Request")
+    };
+    wait_until(T, || at_server.packets()[seen..].iter().any(rebind))
+        .unwrap_or_else(|| panic!("no broadcast REQUEST: {:#?}", at_server.packets()));
+    let packets = at_server.packets();
+    let at = seen + packets[seen..].iter().position(rebind).unwrap_or(0);
+    let xid = packets[at]
+        .split_once("xid ")
+        .and_then(|(_, x)| x.split(',').next())
+        .unwrap_or_default()
+        .to_owned();
+    // Before it, the renewals went out by unicast, to the bogus MAC, and
+    // never reached the server.
+    let lost: Vec<_> = at_client
+        .packets()
+        .into_iter()
+        .filter(|p| {
+            p.contains("> 02:00:00:00:00:01,")
+                && p.contains(&format!("{local}.68 > 10.98.0.1.67:"))
+                && dhcp_kind(p, "Request")
+        })
+        .collect();
+    assert!(
+        !lost.is_empty(),
+        "no unicast renewal: {:#?}",
+        at_client.packets()
+    );
+    assert!(
+        !packets[seen..at]
+            .iter()
+            .any(|p| p.contains(&format!("{local}.68 > 10.98.0.1.67:"))),
+        "a unicast renewal reached the server: {packets:#?}"
+    );
+    // The server's ACK to it, and the lease runs on.
+    wait_until(SHORT, || {
+        at_server.packets()[at..].iter().any(|p| {
+            p.contains(&format!("10.98.0.1.67 > {local}.68:"))
+                && p.contains(&format!("xid {xid},"))
+                && dhcp_kind(p, "ACK")
+        })
+    })
+    .unwrap_or_else(|| panic!("no ACK to xid {xid}: {:#?}", at_server.packets()));
+    wait_until(SHORT, || {
+        server.dhcpd_lease_end(&local).is_some_and(|e| e > ends)
+    })
+    .unwrap_or_else(|| panic!("lease not extended past {ends}: {}", server.leases()));
+    let row = rig.wait_addr(&obj, "state,addr,dhcpstate", |r| r.ends_with(":BOUND\n"));
+    assert_eq!(row, format!("ok:{addr}:BOUND\n"));
+    let k = rig.addr(&ours, &local).expect("the lease in the kernel");
+    assert!(k
+        .get("valid_life_time")
+        .and_then(Json::as_u64)
+        .is_some_and(|v| v > 20));
+}
+
+/// `ipadm try` of DHCP objects, rolled back: a tried create-addr leaves
+/// no client renewing behind it, a tried delete-addr -r gets its client
+/// (and a lease) back.
+#[test]
+fn try_rolls_dhcp_objects_back_with_their_clients() {
+    if !require_peer("dhcpd") {
+        return;
+    }
+    let Some(mut rig) = Rig::new("dt") else {
+        return;
+    };
+    let (mut server, ours) = DhcpServer::new(&rig, "dts");
+    server.start_dhcpd("10.98.0");
+    rig.start();
+    let obj = format!("{ours}/v4");
+    let mac = mac_of(&rig, &ours);
+    assert_eq!(
+        rig.ok(&[
+            "try",
+            "-t",
+            "3",
+            "create-addr",
+            "-T",
+            "dhcp",
+            "-w",
+            "30",
+            &obj
+        ]),
+        "ipadm: change applied; run 'ipadm confirm' within 3 seconds or it is rolled back\n"
+    );
+    let addr = leased(&rig.ok(&["show-addr", "-p", "-o", "addr", &obj]));
+    let local = addr.trim_end_matches("/24").to_owned();
+    wait_until(T, || rig.addr(&ours, &local).is_none())
+        .unwrap_or_else(|| panic!("no rollback: {:?}", rig.addr_list(&ours)));
+    assert!(!rig.ipadm(&["show-addr", &obj]).status.success());
+    assert!(!rig.db().contains(&obj));
+    // Past T1 (6 s): nothing renews the lease, nothing puts it back.
+    let requests = count(
+        &server.log(),
+        &format!("DHCPREQUEST for {local} from {mac}"),
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        count(
+            &server.log(),
+            &format!("DHCPREQUEST for {local} from {mac}")
+        ),
+        requests,
+        "a client still runs: {}",
+        server.log()
+    );
+    assert!(rig.addr(&ours, &local).is_none());
+
+    rig.ok(&["create-addr", "-T", "dhcp", "-w", "30", &obj]);
+    let addr = leased(&rig.ok(&["show-addr", "-p", "-o", "addr", &obj]));
+    let local = addr.trim_end_matches("/24").to_owned();
+    rig.ok(&["try", "-t", "2", "delete-addr", "-r", &obj]);
+    assert!(rig.addr(&ours, &local).is_none());
+    wait_until(SHORT, || {
+        server
+            .log()
+            .contains(&format!("DHCPRELEASE of {local} from {mac}"))
+    })
+    .unwrap_or_else(|| panic!("no RELEASE: {}", server.log()));
+    // Rolled back: the client runs again and leases an address anew.
+    let row = rig.wait_addr(&obj, "state,addr", |r| r.starts_with("ok:10.98.0."));
+    let local = leased(&row).trim_end_matches("/24").to_owned();
+    assert!(rig.addr(&ours, &local).is_some());
+    assert!(rig.db().contains(&format!("_aobjname={obj};_dhcp=30,no;")));
+    let renewals = count(
+        &server.log(),
+        &format!("DHCPREQUEST for {local} from {mac}"),
+    );
+    wait_until(T, || {
+        count(
+            &server.log(),
+            &format!("DHCPREQUEST for {local} from {mac}"),
+        ) > renewals
+    })
+    .unwrap_or_else(|| panic!("no renewal after the rollback: {}", server.log()));
 }

@@ -29,7 +29,7 @@ use crate::ipmgmtd::names::AddrObj;
 use crate::ipmgmtd::nlmsg::AddrOptions;
 use crate::ipmgmtd::paths::Paths;
 use crate::ipmgmtd::view::DhcpStatus;
-use crate::packet_socket::{OpenError, PacketSocket};
+use crate::packet_socket::{OpenError, OpenStep, PacketSocket};
 
 const ETH_P_IP: u16 = 0x0800;
 /// Receive buffer: more than any frame; a longer datagram is oversized.
@@ -100,6 +100,7 @@ impl DhcpManager {
                     udp: None,
                     deadline: None,
                     dropped: 0,
+                    bad_checksums: 0,
                 };
                 tokio::spawn(runner.run(rx));
             }
@@ -153,7 +154,14 @@ impl RawSocket {
             .iter()
             .map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
             .collect();
-        PacketSocket::open(ifindex, ETH_P_IP, Some(&filter)).map(RawSocket)
+        let socket = PacketSocket::open(ifindex, ETH_P_IP, Some(&filter))?;
+        // Tells recv which frames carry a UDP checksum still to be filled
+        // in by the sender's link (checksum offload on a local peer).
+        socket.request_auxdata().map_err(|error| OpenError {
+            step: OpenStep::Auxdata,
+            error,
+        })?;
+        Ok(RawSocket(socket))
     }
 
     fn send(&self, datagram: &[u8]) -> io::Result<()> {
@@ -162,9 +170,14 @@ impl RawSocket {
             .map_err(|e| io::Error::new(e.kind(), format!("sending on the packet socket: {e}")))
     }
 
-    /// One datagram; its real length may exceed the buffer (MSG_TRUNC).
-    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.recv(buf).await.map(|received| received.len)
+    /// One datagram: its real length (which may exceed the buffer,
+    /// MSG_TRUNC) and whether its UDP checksum is complete (see
+    /// `frame::parse`).
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, bool)> {
+        self.0
+            .recv(buf)
+            .await
+            .map(|received| (received.len, received.checksum_ready))
     }
 }
 
@@ -209,9 +222,11 @@ struct Runner {
     deadline: Option<Duration>,
     /// Malformed, oversized or foreign datagrams.
     dropped: u64,
+    /// Of those, frames with a wrong IPv4 or UDP checksum.
+    bad_checksums: u64,
 }
 
-async fn recv_raw(raw: &Option<RawSocket>, buf: &mut [u8]) -> io::Result<usize> {
+async fn recv_raw(raw: &Option<RawSocket>, buf: &mut [u8]) -> io::Result<(usize, bool)> {
     match raw {
         Some(r) => r.recv(buf).await,
         None => std::future::pending().await,
@@ -265,7 +280,7 @@ impl Runner {
                     None => return,
                 },
                 n = recv_raw(&self.raw, &mut buf) => match n {
-                    Ok(n) => match self.datagram(&buf, n, true) {
+                    Ok((n, checksum_ready)) => match self.datagram(&buf, n, Some(checksum_ready)) {
                         Some(m) => Event::Message(m),
                         None => continue,
                     },
@@ -277,7 +292,7 @@ impl Runner {
                     }
                 },
                 n = recv_udp(&self.udp, &mut ubuf) => match n {
-                    Ok(n) => match self.datagram(&ubuf, n, false) {
+                    Ok(n) => match self.datagram(&ubuf, n, None) {
                         Some(m) => Event::Message(m),
                         None => continue,
                     },
@@ -301,8 +316,10 @@ impl Runner {
         }
     }
 
-    /// A received datagram as a message, or counted as dropped.
-    fn datagram(&mut self, buf: &[u8], n: usize, raw: bool) -> Option<Message> {
+    /// A received datagram as a message, or counted as dropped. `raw`:
+    /// an IPv4 packet off the packet socket, and whether its UDP checksum
+    /// is complete; None: a UDP payload (the kernel checked it).
+    fn datagram(&mut self, buf: &[u8], n: usize, raw: Option<bool>) -> Option<Message> {
         let drop = |r: &mut Runner, why: &str| {
             r.dropped += 1;
             tracing::debug!(
@@ -315,13 +332,25 @@ impl Runner {
         if n > buf.len() {
             return drop(self, "oversized");
         }
-        let payload = if raw {
-            match frame::parse(&buf[..n]) {
-                Some((_, payload)) => payload,
-                None => return drop(self, "not UDP to port 68"),
-            }
-        } else {
-            &buf[..n]
+        let payload = match raw {
+            Some(checksum_ready) => match frame::parse(&buf[..n], checksum_ready) {
+                Ok((_, payload)) => payload,
+                Err(e) => {
+                    if e.is_bad_checksum() {
+                        self.bad_checksums += 1;
+                    }
+                    // Said at 1, 2, 4, 8, ...: a flood of them floods no log.
+                    if e.is_bad_checksum() && self.bad_checksums.is_power_of_two() {
+                        tracing::info!(
+                            "{}: dropped a damaged frame ({e}); {} so far",
+                            self.aobj,
+                            self.bad_checksums
+                        );
+                    }
+                    return drop(self, &e.to_string());
+                }
+            },
+            None => &buf[..n],
         };
         match Message::parse(payload) {
             Ok(m) => Some(m),

@@ -2,6 +2,7 @@
 //! (which write) and the engine (which lists and waits).
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -28,6 +29,17 @@ impl DhcpTable {
 
     pub fn remove(&self, aobj: &AddrObj) {
         self.lock().remove(aobj);
+    }
+
+    /// The addresses the clients hold now, by interface name.
+    pub fn leases(&self) -> Vec<(String, Ipv4Addr, u8)> {
+        self.lock()
+            .iter()
+            .filter_map(|(aobj, e)| {
+                let (addr, plen) = e.status.addr?;
+                Some((aobj.ifname.clone(), addr, plen))
+            })
+            .collect()
     }
 
     pub fn bound(&self, aobj: &AddrObj) -> bool {

@@ -183,10 +183,13 @@ pub async fn run(config: Config, ctx: Context) -> ServiceResult {
     ctx.ready();
     ctx.status(&format!("listening on {}", paths.socket.display()));
 
-    serve(listener, engine.clone(), dhcp, ctx).await;
+    serve(listener, engine.clone(), dhcp.clone(), ctx).await;
 
     let shutdown_engine = engine.clone();
-    let _ = tokio::task::spawn_blocking(move || shutdown_engine.shutdown()).await;
+    let effects = tokio::task::spawn_blocking(move || shutdown_engine.shutdown()).await;
+    for effect in effects.unwrap_or_default() {
+        dhcp.apply(effect).await;
+    }
     let _ = std::fs::remove_file(&paths.socket);
     Ok(())
 }
@@ -224,9 +227,13 @@ async fn serve(listener: UnixListener, engine: Arc<Engine>, dhcp: Arc<DhcpManage
             },
             Some((id, after)) = trial_rx.recv() => {
                 let engine = engine.clone();
+                let dhcp = dhcp.clone();
                 timers.spawn(async move {
                     tokio::time::sleep(after).await;
-                    let _ = tokio::task::spawn_blocking(move || engine.expire(id)).await;
+                    let effects = tokio::task::spawn_blocking(move || engine.expire(id)).await;
+                    for effect in effects.unwrap_or_default() {
+                        dhcp.apply(effect).await;
+                    }
                 });
             }
             _ = writeback.tick() => {

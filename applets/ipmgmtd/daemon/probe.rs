@@ -31,7 +31,9 @@ pub fn ipv4_in_use(ifindex: u32, hwaddr: &[u8], addr: Ipv4Addr) -> Result<bool, 
     let socket = PacketFd::open(ifindex, ETHERTYPE_ARP, None).map_err(|e| {
         let what = match e.step {
             OpenStep::Bind => "ARP bind",
-            OpenStep::Socket | OpenStep::Filter | OpenStep::Register => "ARP socket",
+            OpenStep::Socket | OpenStep::Filter | OpenStep::Auxdata | OpenStep::Register => {
+                "ARP socket"
+            }
         };
         failure(what, e.error)
     })?;

@@ -4,13 +4,13 @@
 //! `ipadm try` is not confirmed in time.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use super::kernel::Kernel;
 use crate::ipmgmtd::aobjmap::AobjMap;
 use crate::ipmgmtd::datastore::Datastore;
 use crate::ipmgmtd::kstate::{
-    KAddr, KernelView, IFA_F_DEPRECATED, IFF_NOARP, IFF_UP, INFINITY_LIFETIME,
+    KAddr, KernelView, Link, IFA_F_DEPRECATED, IFF_NOARP, IFF_UP, INFINITY_LIFETIME,
 };
 use crate::ipmgmtd::model::{AddrType, Error, Family, Status};
 use crate::ipmgmtd::nlmsg::AddrOptions;
@@ -36,6 +36,34 @@ pub struct Snapshot {
     pub map: AobjMap,
     pub view: KernelView,
     sysctls: Vec<(String, String)>,
+    /// The addresses DHCP clients held then.
+    leased: Vec<LeasedAt>,
+}
+
+/// An IPv4 address a DHCP client holds: interface, address, prefix
+/// length. Its client puts it on and takes it off as its lease goes, so
+/// putting the kernel back leaves it alone: a lease renewed, lost or
+/// moved to another address meanwhile is the client's to know.
+pub type Leased = (String, Ipv4Addr, u8);
+
+/// The same by interface index, as the kernel's addresses name it.
+type LeasedAt = (u32, Ipv4Addr, u8);
+
+fn resolve(leased: &[Leased], links: &[Link]) -> Vec<LeasedAt> {
+    leased
+        .iter()
+        .filter_map(|(ifname, addr, plen)| {
+            let link = links.iter().find(|l| &l.name == ifname)?;
+            Some((link.index, *addr, *plen))
+        })
+        .collect()
+}
+
+fn leased_at(a: &KAddr) -> Option<LeasedAt> {
+    match (a.family, a.local, a.peer) {
+        (Family::Inet, IpAddr::V4(v4), None) => Some((a.index, v4, a.plen)),
+        _ => None,
+    }
 }
 
 type AddrKey = (u32, Family, IpAddr, u8, Option<IpAddr>);
@@ -52,7 +80,13 @@ fn gone(e: &Error) -> bool {
 }
 
 impl Snapshot {
-    pub fn take(k: &mut dyn Kernel, db: &Datastore, map: &AobjMap) -> Result<Snapshot, Error> {
+    /// `leased`: the addresses DHCP clients hold now.
+    pub fn take(
+        k: &mut dyn Kernel,
+        db: &Datastore,
+        map: &AobjMap,
+        leased: Vec<Leased>,
+    ) -> Result<Snapshot, Error> {
         let view = k.view()?;
         let mut paths: Vec<String> = Vec::new();
         for def in props::all(Class::Module, None) {
@@ -79,13 +113,15 @@ impl Snapshot {
         Ok(Snapshot {
             db: db.clone(),
             map: map.clone(),
+            leased: resolve(&leased, &view.links),
             view,
             sysctls,
         })
     }
 
-    /// Puts the kernel back as it was; returns what could not be.
-    pub fn restore_kernel(&self, k: &mut dyn Kernel) -> Vec<String> {
+    /// Puts the kernel back as it was, but for the addresses DHCP clients
+    /// held then or hold now (`leased_now`); returns what could not be.
+    pub fn restore_kernel(&self, k: &mut dyn Kernel, leased_now: &[Leased]) -> Vec<String> {
         let mut problems = Vec::new();
         let mut note = |what: String, e: Error| problems.push(format!("{what}: {e}"));
         let current = match k.links() {
@@ -95,6 +131,13 @@ impl Snapshot {
                 return problems;
             }
         };
+        let dhcp: HashSet<LeasedAt> = self
+            .leased
+            .iter()
+            .copied()
+            .chain(resolve(leased_now, &current))
+            .collect();
+        let by_dhcp = |a: &KAddr| leased_at(a).is_some_and(|l| dhcp.contains(&l));
         for old in &self.view.links {
             let Some(now) = current
                 .iter()
@@ -128,7 +171,10 @@ impl Snapshot {
             }
         };
         let then: HashSet<AddrKey> = self.view.addrs.iter().map(key).collect();
-        for a in now.iter().filter(|a| !then.contains(&key(a))) {
+        for a in now
+            .iter()
+            .filter(|a| !then.contains(&key(a)) && !by_dhcp(a))
+        {
             if let Err(e) = k.del_kaddr(a) {
                 if !gone(&e) {
                     note(format!("removing {}", a.local), e);
@@ -138,7 +184,7 @@ impl Snapshot {
         for old in &self.view.addrs {
             // The kernel makes its own addresses again (link up, address
             // generation); only static ones are put back by hand.
-            if old.addr_type() == AddrType::Addrconf {
+            if old.addr_type() == AddrType::Addrconf || by_dhcp(old) {
                 continue;
             }
             let options = AddrOptions {

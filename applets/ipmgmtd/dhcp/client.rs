@@ -659,6 +659,10 @@ impl Client {
                 out.push(Action::Hook(HookEvent::Nak, None));
                 if let Some(lease) = self.lease().cloned() {
                     self.unbind(lease, out);
+                } else if let Phase::Rebooting { remembered, .. } = &self.phase {
+                    // Still on the link from before the restart, with
+                    // what lifetime it had left: not ours any more.
+                    self.unbind(remembered.lease.clone(), out);
                 }
                 out.push(Action::Save(None));
                 self.discover(0, now, out);

@@ -1,5 +1,6 @@
 //! DHCP messages from arbitrary bytes through ipmgmtd's codec and client
-//! state machine (time passed in), and lease files through their parser.
+//! state machine (time passed in), lease files through their parser, and
+//! the bytes as an IPv4/UDP frame off the raw socket.
 //! Checks that a parsed message survives encoding, that the client only
 //! ever configures an address a server granted, and never panics.
 #![no_main]
@@ -8,12 +9,17 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use toolbox::ipmgmtd::dhcp::client::{Action, Client, Event, Settings};
-use toolbox::ipmgmtd::dhcp::lease;
+use toolbox::ipmgmtd::dhcp::{frame, lease};
 use toolbox::ipmgmtd::dhcp::packet::Message;
 
 const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
 fuzz_target!(|data: &[u8]| {
+    for checksum_ready in [true, false] {
+        if let Ok((_, payload)) = frame::parse(data, checksum_ready) {
+            assert!(payload.len() + 28 <= data.len(), "payload beyond the frame");
+        }
+    }
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = lease::parse(text, 1_000);
     }

@@ -217,6 +217,7 @@ impl Txn<'_> {
                     self.wait = Some(Wait::Dhcp {
                         aobj: aobj.clone(),
                         deadline: wait.map(|w| self.now + Duration::from_secs(u64::from(w))),
+                        reply: Reply::ok(),
                     });
                 }
                 (

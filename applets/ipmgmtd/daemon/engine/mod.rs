@@ -74,6 +74,8 @@ enum Wait {
     Dhcp {
         aobj: AddrObj,
         deadline: Option<Instant>,
+        /// What to answer once bound (a trial's note among it).
+        reply: Reply,
     },
     /// `refresh-addr` of an IPv4 address: the shell probes, we decide.
     Probe4 {
@@ -268,7 +270,7 @@ impl Engine {
             Err(e) => return Outcome::reply(Reply::error(e)),
         };
         let k = kernel.as_mut();
-        let snapshot = match Snapshot::take(k, &st.db, &st.map) {
+        let snapshot = match Snapshot::take(k, &st.db, &st.map, self.dhcp.leases()) {
             Ok(s) => s,
             Err(e) => return Outcome::reply(Reply::error(e)),
         };
@@ -348,7 +350,7 @@ impl Engine {
                 }
             }
         };
-        if let Wait::Dad6 { reply: held, .. } = &mut wait {
+        if let Wait::Dad6 { reply: held, .. } | Wait::Dhcp { reply: held, .. } = &mut wait {
             *held = reply;
         }
         self.waits().insert(id, wait);
@@ -373,7 +375,11 @@ impl Engine {
                 report,
                 reply,
             } => (index, addr, deadline, report, reply),
-            Wait::Dhcp { aobj, deadline } => return self.poll_dhcp(id, &aobj, deadline, now),
+            Wait::Dhcp {
+                aobj,
+                deadline,
+                reply,
+            } => return self.poll_dhcp(id, &aobj, deadline, reply, now),
             Wait::Probe4 { .. } => {
                 return Outcome::reply(Reply::error(Error::with(Status::Failure, "not a DAD wait")))
             }
@@ -418,6 +424,7 @@ impl Engine {
         id: u64,
         aobj: &AddrObj,
         deadline: Option<Instant>,
+        reply: Reply,
         now: Instant,
     ) -> Outcome {
         let bound = self.dhcp.bound(aobj);
@@ -425,7 +432,7 @@ impl Engine {
         if bound || gone || deadline.is_some_and(|d| now >= d) {
             self.waits().remove(&id);
             return Outcome::reply(if bound {
-                Reply::ok()
+                reply
             } else if gone {
                 Reply::error(Status::NotFound.into())
             } else {
@@ -527,7 +534,7 @@ impl Engine {
     }
 
     fn restore(&self, st: &mut State, k: &mut dyn Kernel, snapshot: &Snapshot) -> Vec<String> {
-        let mut problems = snapshot.restore_kernel(k);
+        let mut problems = snapshot.restore_kernel(k, &self.dhcp.leases());
         let map_changed = st.map != snapshot.map;
         let db_changed = st.db != snapshot.db;
         st.map = snapshot.map.clone();
@@ -548,34 +555,53 @@ impl Engine {
         problems
     }
 
-    /// The trial `id` ran out without a confirm: roll it back.
-    pub fn expire(&self, id: u64) {
+    /// The trial `id` ran out without a confirm: roll it back. Returns
+    /// the DHCP clients to stop and start for that.
+    pub fn expire(&self, id: u64) -> Vec<DhcpEffect> {
         let mut st = self.write();
         if st.trial.as_ref().is_none_or(|t| t.id != id) {
-            return;
+            return Vec::new();
         }
-        if let Some(trial) = st.trial.take() {
-            self.roll_back(&mut st, trial, "not confirmed in time");
+        match st.trial.take() {
+            Some(trial) => self.roll_back(&mut st, trial, "not confirmed in time"),
+            None => Vec::new(),
         }
     }
 
-    fn roll_back(&self, st: &mut State, trial: Trial, why: &str) {
+    /// Puts everything back as the trial found it. The DHCP clients the
+    /// trial started are stopped (their leases left to run out, as
+    /// disable-addr leaves them), the ones it stopped started again: the
+    /// kernel addresses of leases are theirs to put back, from a lease
+    /// that may have moved on since (see `Snapshot::restore_kernel`).
+    fn roll_back(&self, st: &mut State, trial: Trial, why: &str) -> Vec<DhcpEffect> {
         tracing::warn!("trial change {why}: rolling back");
-        match self.kernel.open() {
-            Ok(mut k) => {
-                for p in self.restore(st, k.as_mut(), &trial.snapshot) {
-                    tracing::warn!("rollback: {p}");
-                }
+        let mut k = match self.kernel.open() {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!("rollback impossible: {e}");
+                return Vec::new();
             }
-            Err(e) => tracing::error!("rollback impossible: {e}"),
+        };
+        let during = st.map.clone();
+        for p in self.restore(st, k.as_mut(), &trial.snapshot) {
+            tracing::warn!("rollback: {p}");
         }
+        let links = k.links().unwrap_or_default();
+        dhcp_changes(&during, &st.map, &links)
     }
 
-    /// Shutting down: an unconfirmed trial is rolled back now.
-    pub fn shutdown(&self) {
+    /// Shutting down: an unconfirmed trial is rolled back now. Returns the
+    /// DHCP clients to stop for that (the ones to start again start with
+    /// the next daemon, from the map).
+    pub fn shutdown(&self) -> Vec<DhcpEffect> {
         let mut st = self.write();
-        if let Some(trial) = st.trial.take() {
-            self.roll_back(&mut st, trial, "pending at shutdown");
+        match st.trial.take() {
+            Some(trial) => self
+                .roll_back(&mut st, trial, "pending at shutdown")
+                .into_iter()
+                .filter(|e| matches!(e, DhcpEffect::Stop { .. }))
+                .collect(),
+            None => Vec::new(),
         }
     }
 
@@ -589,6 +615,42 @@ impl Engine {
         let db = st.db.clone();
         st.store.retry_writeback(&db)
     }
+}
+
+/// The DHCP clients to stop and start to go from the objects of map
+/// `from` to those of `to`.
+fn dhcp_changes(from: &AobjMap, to: &AobjMap, links: &[Link]) -> Vec<DhcpEffect> {
+    let dhcp = |map: &AobjMap| -> Vec<(AddrObj, Option<String>)> {
+        map.addrs()
+            .iter()
+            .filter_map(|e| match &e.kind {
+                MapAddr::Dhcp { hostname } => Some((e.aobj.clone(), hostname.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    let (before, after) = (dhcp(from), dhcp(to));
+    let mut effects: Vec<DhcpEffect> = before
+        .iter()
+        .filter(|b| !after.contains(b))
+        .map(|(aobj, _)| DhcpEffect::Stop {
+            aobj: aobj.clone(),
+            release: false,
+        })
+        .collect();
+    for (aobj, hostname) in after.into_iter().filter(|a| !before.contains(a)) {
+        let link = links.iter().find(|l| l.name == aobj.ifname);
+        match link.and_then(|l| Some((l.index, <[u8; 6]>::try_from(l.hwaddr.as_slice()).ok()?))) {
+            Some((ifindex, mac)) => effects.push(DhcpEffect::Start {
+                aobj,
+                ifindex,
+                mac,
+                hostname,
+            }),
+            None => tracing::warn!("rollback: {aobj}: no Ethernet link to run DHCP on"),
+        }
+    }
+    effects
 }
 
 /// One write request in progress.

@@ -478,3 +478,152 @@ fn a_dhcp_wait_runs_out_with_illumos_timeout_and_the_object_stays() {
     let out = rig.engine.handle(create_dhcp("net1/d", Some(0)), start);
     assert!(matches!(out.next, Next::Reply(ref r) if r.result.is_ok()));
 }
+
+impl Rig {
+    /// What a DHCP runner does on binding: the lease in the kernel and in
+    /// the table.
+    fn lease(&self, target: &str, addr: &str) {
+        let a = aobj(target);
+        let index = self.kernel.index_of(&a.ifname);
+        let local: Ipv4Addr = addr.parse().unwrap();
+        self.kernel
+            .state()
+            .addrs
+            .push(crate::ipmgmtd::kstate::KAddr {
+                index,
+                family: crate::ipmgmtd::model::Family::Inet,
+                plen: 24,
+                flags: 0,
+                scope: 0,
+                local: local.into(),
+                peer: None,
+                proto: 0,
+                preferred: 100,
+                valid: 100,
+                metric: None,
+            });
+        let status = crate::ipmgmtd::view::DhcpStatus {
+            addr: Some((local, 24)),
+            ..bound_status()
+        };
+        self.dhcp.publish(&a, status, None);
+    }
+
+    /// What a runner does on losing its lease (or stopping).
+    fn unlease(&self, target: &str, addr: &str) {
+        let a = aobj(target);
+        let index = self.kernel.index_of(&a.ifname);
+        let local: std::net::IpAddr = addr.parse().unwrap();
+        self.kernel
+            .state()
+            .addrs
+            .retain(|k| !(k.index == index && k.local == local));
+        self.dhcp.remove(&a);
+    }
+
+    fn try_change(&self, change: Request) -> (u64, Vec<DhcpEffect>, Next) {
+        let out = self.engine.handle(
+            Request::Try {
+                seconds: 30,
+                change: Box::new(change),
+            },
+            Instant::now(),
+        );
+        let (id, _) = out.trial.expect("a rollback timer");
+        (id, out.effects, out.next)
+    }
+}
+
+#[test]
+fn rolling_back_a_dhcp_object_stops_its_client_which_takes_its_lease_off() {
+    let rig = rig("trydhcp");
+    let (id, effects, next) = rig.try_change(create_dhcp("net0/d", Some(30)));
+    assert!(matches!(effects[..], [DhcpEffect::Start { .. }]));
+    let Next::Poll { id: wait, .. } = next else {
+        panic!("-w 30 waits for the lease");
+    };
+    rig.lease("net0/d", "10.0.0.50");
+    // Bound: the reply says the change awaits confirmation.
+    let bound = reply(rig.engine.poll(wait, Instant::now()));
+    assert_eq!(bound.result, Ok(()));
+    assert!(
+        bound
+            .info
+            .as_deref()
+            .is_some_and(|i| i.contains("ipadm confirm")),
+        "{bound:?}"
+    );
+    let undo = rig.engine.expire(id);
+    assert_eq!(
+        undo,
+        vec![DhcpEffect::Stop {
+            aobj: aobj("net0/d"),
+            release: false,
+        }]
+    );
+    // The address is the client's to take off, as it stops; nothing of
+    // the object is left in the configuration.
+    assert_eq!(rig.kernel.addrs_on("net0"), ["10.0.0.50/24"]);
+    assert!(!rig.db().contains("net0/d"), "{}", rig.db());
+    rig.unlease("net0/d", "10.0.0.50");
+    assert!(rig.show_addr().iter().all(|(o, _, _)| o != "net0/d"));
+    // The trial is over: the name is free again.
+    assert_eq!(
+        rig.handle(create_dhcp("net0/d", Some(0))).effects.len(),
+        1,
+        "a new client"
+    );
+}
+
+#[test]
+fn rolling_back_a_dhcp_delete_starts_the_client_again_without_putting_its_old_address_back() {
+    let rig = rig("trydhcpdel");
+    assert_eq!(rig.handle(create_dhcp("net0/d", Some(0))).effects.len(), 1);
+    rig.lease("net0/d", "10.0.0.50");
+    let (id, effects, _) = rig.try_change(Request::DeleteAddr {
+        aobj: aobj("net0/d"),
+        release: true,
+    });
+    assert_eq!(
+        effects,
+        vec![DhcpEffect::Stop {
+            aobj: aobj("net0/d"),
+            release: true,
+        }]
+    );
+    // The client released the lease: its address is no longer ours.
+    rig.unlease("net0/d", "10.0.0.50");
+    let undo = rig.engine.expire(id);
+    assert_eq!(
+        undo,
+        vec![DhcpEffect::Start {
+            aobj: aobj("net0/d"),
+            ifindex: rig.kernel.index_of("net0"),
+            mac: [2, 0, 0, 0, 0, 2],
+            hostname: Some("box".into()),
+        }]
+    );
+    assert!(
+        rig.kernel.addrs_on("net0").is_empty(),
+        "a released address put back: {:?}",
+        rig.kernel.addrs_on("net0")
+    );
+    assert!(rig
+        .db()
+        .contains("_aobjname=net0/d;_dhcp=0,no;_reqhost=box;"));
+}
+
+#[test]
+fn rolling_back_another_change_leaves_a_lease_that_moved_meanwhile_alone() {
+    let rig = rig("trylease");
+    assert_eq!(rig.handle(create_dhcp("net0/d", Some(0))).effects.len(), 1);
+    rig.lease("net0/d", "10.0.0.50");
+    let (id, effects, _) = rig.try_change(create("net1/v4", "198.51.100.1/24"));
+    assert!(effects.is_empty());
+    // During the trial the server NAKs the lease; the client gets another.
+    rig.unlease("net0/d", "10.0.0.50");
+    rig.lease("net0/d", "10.0.0.60");
+    assert!(rig.engine.expire(id).is_empty(), "no client to touch");
+    assert!(rig.kernel.addrs_on("net1").is_empty(), "the trial undone");
+    assert_eq!(rig.kernel.addrs_on("net0"), ["10.0.0.60/24"]);
+}

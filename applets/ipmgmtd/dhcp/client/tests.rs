@@ -229,10 +229,18 @@ fn init_reboot_asks_for_the_remembered_address() {
     c.handle(Event::Probed { conflict: false }, secs(1));
     assert_eq!(c.configured(), Some(OFFERED));
 
-    // A NAK at INIT-REBOOT: start over.
+    // A NAK at INIT-REBOOT: the address left on the link from before
+    // the restart comes off, the lease is forgotten, and it starts over.
     let mut c = client();
     let (request, _) = only_sent(&c.handle(Event::Start(Some(remembered(Some(15)))), secs(0)));
     let a = c.handle(Event::Message(answer(&request, MessageType::Nak)), secs(0));
+    assert_eq!(a[0], Action::Hook(HookEvent::Nak, None));
+    assert!(
+        matches!(a[1], Action::Deconfigure(ref l) if l.addr == OFFERED),
+        "{a:?}"
+    );
+    assert_eq!(a[2], Action::Hook(HookEvent::Deconfig, None));
+    assert!(a.contains(&Action::Save(None)));
     assert_eq!(only_sent(&a).0.message_type(), Some(MessageType::Discover));
 }
 
