@@ -162,12 +162,23 @@ pub fn server_config(
     client_ca: Option<RootCertStore>,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with_versions(chain, key, client_ca, alpn, rustls::DEFAULT_VERSIONS)
+}
+
+/// [`server_config`] offering only `versions` (NTS-KE requires TLS 1.3).
+pub fn server_config_with_versions(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_ca: Option<RootCertStore>,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<ServerConfig>, TlsError> {
     let config_err = |what: &str| {
         let what = what.to_string();
         move |source| TlsError::Config { what, source }
     };
     let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(config_err("TLS versions"))?;
     let builder = match client_ca {
         Some(roots) => {

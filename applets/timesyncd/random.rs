@@ -1,10 +1,17 @@
 //! Randomness without a crate: request cookies from getrandom(2), and a
 //! small deterministic generator (SplitMix64) for jitter and the simulator.
 
-/// 64 random bits from the kernel. getrandom(2) only fails before the pool
-/// is initialised on ancient kernels; then a time-seeded generator stands in.
+/// 64 random bits from the kernel (see [`kernel_fill`]).
 pub fn kernel_u64() -> u64 {
     let mut buf = [0u8; 8];
+    kernel_fill(&mut buf);
+    u64::from_ne_bytes(buf)
+}
+
+/// Fills `buf` from getrandom(2): NTS keys, nonces and request cookies.
+/// getrandom only fails before the pool is initialised on ancient kernels;
+/// then a time-seeded generator stands in.
+pub fn kernel_fill(buf: &mut [u8]) {
     let mut filled = 0;
     while filled < buf.len() {
         // SAFETY: writes at most the remaining length into our buffer.
@@ -21,9 +28,13 @@ pub fn kernel_u64() -> u64 {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        return SplitMix64::new(nanos ^ ((std::process::id() as u64) << 32)).next_u64();
+        let mut rng = SplitMix64::new(nanos ^ ((std::process::id() as u64) << 32));
+        for chunk in buf[filled..].chunks_mut(8) {
+            let r = rng.next_u64().to_ne_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+        return;
     }
-    u64::from_ne_bytes(buf)
 }
 
 /// SplitMix64: tiny, fast, good enough for jitter and simulation (never for
