@@ -83,6 +83,19 @@ impl std::error::Error for TlsError {
     }
 }
 
+/// A configuration error for a certificate and key pair, in one line: a
+/// rustls refusal is named by the key file ("does not fit" the certificate).
+pub fn pair_error(key: &Path, cert: &Path, e: TlsError) -> String {
+    match e {
+        TlsError::Config { source, .. } => format!(
+            "{}: does not fit {}: {source}",
+            key.display(),
+            cert.display()
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// The one crypto provider every TLS configuration in the toolbox uses.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

@@ -196,7 +196,8 @@ mod tests {
         out
     }
 
-    const EOM: (u16, &[u8]) = (CRITICAL | END_OF_MESSAGE, &[]);
+    type Rec = (u16, &'static [u8]);
+    const EOM: Rec = (CRITICAL | END_OF_MESSAGE, &[]);
 
     #[test]
     fn our_clients_request_asks_for_ntpv4_with_aes_siv() {
@@ -230,9 +231,9 @@ mod tests {
 
     #[test]
     fn bad_records_are_refused_with_their_error_code() {
-        let np: (u16, &[u8]) = (CRITICAL | NEXT_PROTOCOL, &[0, 0]);
-        let aead: (u16, &[u8]) = (AEAD_ALGORITHM, &[0, 15]);
-        let cases: Vec<(Vec<(u16, &[u8])>, u16)> = vec![
+        let np: Rec = (CRITICAL | NEXT_PROTOCOL, &[0, 0]);
+        let aead: Rec = (AEAD_ALGORITHM, &[0, 15]);
+        let cases: Vec<(Vec<Rec>, u16)> = vec![
             (vec![(CRITICAL | 0x1234, b"x"), np, aead, EOM], 0),
             (vec![np, aead, (CRITICAL | 0x7fff, b""), EOM], 0),
             (vec![aead, EOM], 1),
