@@ -65,6 +65,8 @@ pub fn inspect<'a>(request: &'a [u8], master: &MasterKeys) -> Inspection<'a> {
     let mut cookie = None;
     let mut auth = None;
     let mut wanted = 0;
+    // Every placeholder the size of the cookie (RFC 8915 §5.5).
+    let mut size = None;
     for (i, field) in fields.iter().enumerate() {
         match field.kind {
             UNIQUE_IDENTIFIER => {
@@ -74,8 +76,7 @@ pub fn inspect<'a>(request: &'a [u8], master: &MasterKeys) -> Inspection<'a> {
                 if field.kind == NTS_COOKIE && cookie.replace(field.body).is_some() {
                     return Inspection::Malformed;
                 }
-                // Every placeholder the size of the cookie (RFC 8915 §5.5).
-                if field.body.len() != COOKIE_LEN {
+                if *size.get_or_insert(field.body.len()) != field.body.len() {
                     return Inspection::Malformed;
                 }
                 wanted += 1;
@@ -108,7 +109,7 @@ pub fn inspect<'a>(request: &'a [u8], master: &MasterKeys) -> Inspection<'a> {
         return Inspection::Malformed;
     };
     for field in inner.iter().filter(|f| f.kind == COOKIE_PLACEHOLDER) {
-        if field.body.len() != COOKIE_LEN {
+        if field.body.len() != cookie.len() {
             return Inspection::Malformed;
         }
         wanted += 1;
@@ -294,6 +295,16 @@ mod tests {
         // Another server's master key.
         let other = MasterKeys::new(5, [8; 32]);
         assert_eq!(inspect(&request, &other), Inspection::Nak { uid: &[4; 32] });
+        // Another server's cookie, of another size (placeholders alike).
+        let mut foreign = header().to_vec();
+        push_field(&mut foreign, UNIQUE_IDENTIFIER, &[4; 32]);
+        push_field(&mut foreign, NTS_COOKIE, &[0x5a; 64]);
+        push_field(&mut foreign, COOKIE_PLACEHOLDER, &[0; 64]);
+        push_authenticator(&mut foreign, &[1; 32], &[2; NONCE_LEN], &[]).expect("seal");
+        assert_eq!(
+            inspect(&foreign, &master),
+            Inspection::Nak { uid: &[4; 32] }
+        );
         // The NAK is what the client takes for one.
         let mut kiss = [0u8; HEADER_LEN];
         kiss[0] = 0xe4;
@@ -358,7 +369,7 @@ mod tests {
         let cookie = fields[1].body.to_vec();
         push_field(&mut two, NTS_COOKIE, &cookie);
         assert_eq!(inspect(&two, &master), Inspection::Malformed);
-        // A placeholder of another size.
+        // A placeholder of another size than the cookie.
         let mut odd = request[..auth.start].to_vec();
         push_field(&mut odd, COOKIE_PLACEHOLDER, &[0; 64]);
         push_authenticator(&mut odd, &session().c2s, &[1; NONCE_LEN], &[]).expect("seal");
