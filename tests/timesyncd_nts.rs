@@ -16,8 +16,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::timesyncd::{
-    daemon, dry_run, empty_conf, make_pki, need, nts_state, parse_line, status, text,
-    wait_for_status, T,
+    daemon, dry_run, empty_conf, make_pki, need, nts_client_conf, nts_state, parse_line, status,
+    text, wait_for_nak_and_rekey, wait_for_status, T,
 };
 use common::{
     free_port, run_with_timeout, toolbox, wait_for_tcp_port, wait_until, Daemon, TempDir,
@@ -187,16 +187,7 @@ fn daemon_shows_the_nts_source_authenticated() {
     }
     let server = NtsServer::start("nts-daemon", None);
     let dir = server.dir.path();
-    let conf = dir.join("timesyncd.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[Time]\nFallbackNTP=\nNTS={}\nNTSTrustedCertificates={}\n",
-            server.ke(),
-            server.ca().display()
-        ),
-    )
-    .unwrap();
+    let conf = nts_client_conf(dir, &server.ke(), &server.ca(), "");
     let _daemon = daemon(dir, &conf, &[]);
     let shown = wait_for_status(
         dir,
@@ -217,27 +208,15 @@ fn a_server_that_lost_its_keys_naks_and_the_client_rekeys() {
     }
     let mut server = NtsServer::start("nts-nak", None);
     let dir = server.dir.path().to_path_buf();
-    let conf = dir.join("timesyncd.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[Time]\nFallbackNTP=\nPollIntervalMinSec=16\nNTS={}\nNTSTrustedCertificates={}\n",
-            server.ke(),
-            server.ca().display()
-        ),
-    )
-    .unwrap();
+    let conf = nts_client_conf(&dir, &server.ke(), &server.ca(), "PollIntervalMinSec=16\n");
     let _daemon = daemon(&dir, &conf, &[]);
     wait_for_status(&dir, &["NTS authenticated"], Duration::from_secs(30));
     server.restart_with_new_keys();
     // The next poll (16 s on) is answered with a NAK; new keys follow.
-    let log = || std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-    let rekeyed = wait_until(Duration::from_secs(40), || {
-        let log = log();
-        log.contains("NTS NAK") && log.matches("NTS keys established").count() >= 2
+    let chronyd_log = server.dir.path().join("chronyd.log");
+    wait_for_nak_and_rekey(&dir, || {
+        std::fs::read_to_string(&chronyd_log).unwrap_or_default()
     });
-    assert!(rekeyed.is_some(), "no NAK and re-key:\n{}", log());
-    wait_for_status(&dir, &["NTS authenticated"], Duration::from_secs(20));
 }
 
 #[test]

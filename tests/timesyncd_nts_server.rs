@@ -15,7 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::timesyncd::{
-    daemon, dry_run, make_pki, need, nts_state, parse_line, text, wait_for_status, T,
+    daemon, dry_run, make_pki, need, nts_client_conf, nts_state, parse_line, text,
+    wait_for_nak_and_rekey, wait_for_status, T,
 };
 use common::{
     free_port, run_with_timeout, toolbox, wait_for_tcp_port, wait_until, Daemon, TempDir,
@@ -161,16 +162,7 @@ fn our_client_daemon_shows_our_server_nts_authenticated() {
     }
     let server = NtsServer::start("ntsd-daemon", "");
     let dir = server.dir.path();
-    let conf = dir.join("client.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[Time]\nFallbackNTP=\nNTS={}\nNTSTrustedCertificates={}\n",
-            server.ke(),
-            server.ca().display()
-        ),
-    )
-    .unwrap();
+    let conf = nts_client_conf(dir, &server.ke(), &server.ca(), "");
     let _client = daemon(dir, &conf, &[]);
     wait_for_status(
         dir,
@@ -271,32 +263,12 @@ fn a_restarted_server_naks_old_cookies_and_the_client_rekeys() {
     }
     let mut server = NtsServer::start("ntsd-rekey", "");
     let dir = server.dir.path().to_path_buf();
-    let conf = dir.join("client.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[Time]\nFallbackNTP=\nPollIntervalMinSec=16\nNTS={}\nNTSTrustedCertificates={}\n",
-            server.ke(),
-            server.ca().display()
-        ),
-    )
-    .unwrap();
+    let conf = nts_client_conf(&dir, &server.ke(), &server.ca(), "PollIntervalMinSec=16\n");
     let _client = daemon(&dir, &conf, &[]);
     wait_for_status(&dir, &["NTS authenticated"], Duration::from_secs(30));
     server.restart();
-    let log = || std::fs::read_to_string(dir.join("log")).unwrap_or_default();
     // The next poll (16 s on) gets a NAK; new keys follow.
-    let rekeyed = wait_until(Duration::from_secs(40), || {
-        let log = log();
-        log.contains("NTS NAK") && log.matches("NTS keys established").count() >= 2
-    });
-    assert!(
-        rekeyed.is_some(),
-        "no NAK and re-key:\n{}\nserver:\n{}",
-        log(),
-        server.log()
-    );
-    wait_for_status(&dir, &["NTS authenticated"], Duration::from_secs(20));
+    wait_for_nak_and_rekey(&dir, || server.log());
 }
 
 #[test]

@@ -199,3 +199,36 @@ pub fn nts_state(dir: &Path) -> (String, usize, u64) {
         parts.next().and_then(|v| v.parse().ok()).unwrap_or(0),
     )
 }
+
+/// A client configuration in `dir` using `ke` (HOST:PORT) as its one NTS
+/// server, trusting `ca`, with `extra` lines in `[Time]`.
+pub fn nts_client_conf(dir: &Path, ke: &str, ca: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("client.conf");
+    std::fs::write(
+        &path,
+        format!(
+            "[Time]\nFallbackNTP=\n{extra}NTS={ke}\nNTSTrustedCertificates={}\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Waits until the daemon logging in `dir` has taken an NTS NAK and
+/// established keys again (its poll interval is 16 s), then for its source
+/// to show authenticated once more; `server_log` goes into the failure.
+pub fn wait_for_nak_and_rekey(dir: &Path, server_log: impl Fn() -> String) {
+    let log = || std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+    let rekeyed = wait_until(Duration::from_secs(40), || {
+        let log = log();
+        log.contains("NTS NAK") && log.matches("NTS keys established").count() >= 2
+    });
+    assert!(
+        rekeyed.is_some(),
+        "no NAK and re-key:\n{}\nserver:\n{}",
+        log(),
+        server_log()
+    );
+    wait_for_status(dir, &["NTS authenticated"], Duration::from_secs(20));
+}

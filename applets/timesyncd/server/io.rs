@@ -63,25 +63,33 @@ pub fn default_workers() -> usize {
         .clamp(1, 4)
 }
 
-fn bind_one(addr: SocketAddr, interface: Option<&str>, reuse: bool) -> io::Result<Socket> {
+/// A non-blocking socket of `kind` for `addr`'s family, IPv6 only for an
+/// IPv6 address (the IPv4 one has its own), tied to `interface` (-I).
+pub(super) fn server_socket(
+    addr: SocketAddr,
+    kind: Type,
+    protocol: Protocol,
+    interface: Option<&str>,
+) -> io::Result<Socket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
         Domain::IPV6
     };
-    let sock = Socket::new(
-        domain,
-        Type::DGRAM.nonblocking().cloexec(),
-        Some(Protocol::UDP),
-    )?;
+    let sock = Socket::new(domain, kind.nonblocking().cloexec(), Some(protocol))?;
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
     }
-    if reuse {
-        sock.set_reuse_port(true)?;
-    }
     if let Some(iface) = interface {
         sock.bind_device(Some(iface.as_bytes()))?;
+    }
+    Ok(sock)
+}
+
+fn bind_one(addr: SocketAddr, interface: Option<&str>, reuse: bool) -> io::Result<Socket> {
+    let sock = server_socket(addr, Type::DGRAM, Protocol::UDP, interface)?;
+    if reuse {
+        sock.set_reuse_port(true)?;
     }
     // The receive buffer stays at the kernel's default: a longer queue
     // loses fewer requests in a flood but answers them late (measured:

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Protocol, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -28,7 +28,7 @@ use super::super::nts::ke_server::{self, NtpService, Request, RequestError};
 use super::super::nts::master::{MasterKeys, SessionKeys, COOKIE_NONCE_LEN};
 use super::super::random::kernel_fill;
 use super::config::ServerConfig;
-use super::io::Shared;
+use super::io::{server_socket, Shared};
 
 /// A session (handshake, request, response) is given this long; chrony
 /// gives 2 s.
@@ -64,23 +64,8 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<TlsConfig>, String> {
 }
 
 fn listen_one(addr: SocketAddr, interface: Option<&str>) -> std::io::Result<std::net::TcpListener> {
-    let domain = if addr.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let sock = Socket::new(
-        domain,
-        Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )?;
-    if addr.is_ipv6() {
-        sock.set_only_v6(true)?;
-    }
+    let sock = server_socket(addr, Type::STREAM, Protocol::TCP, interface)?;
     sock.set_reuse_address(true)?;
-    if let Some(iface) = interface {
-        sock.bind_device(Some(iface.as_bytes()))?;
-    }
     sock.bind(&addr.into())?;
     sock.listen(BACKLOG)?;
     Ok(sock.into())
