@@ -142,11 +142,9 @@ pub fn start(bound: Bound, shared: Arc<Shared>, rotation: Option<f64>) -> std::i
             Arc::new(service),
         )));
     }
-    if let Some(secs) = rotation {
-        tasks.push(tokio::spawn(rotate_every(
-            Duration::from_secs_f64(secs),
-            shared,
-        )));
+    // A period past what a Duration holds is never, as `infinity` is.
+    if let Some(period) = rotation.and_then(|secs| Duration::try_from_secs_f64(secs).ok()) {
+        tasks.push(tokio::spawn(rotate_every(period, shared)));
     }
     Ok(Service { tasks })
 }
