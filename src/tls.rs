@@ -83,6 +83,19 @@ impl std::error::Error for TlsError {
     }
 }
 
+/// A configuration error for a certificate and key pair, in one line: a
+/// rustls refusal is named by the key file ("does not fit" the certificate).
+pub fn pair_error(key: &Path, cert: &Path, e: TlsError) -> String {
+    match e {
+        TlsError::Config { source, .. } => format!(
+            "{}: does not fit {}: {source}",
+            key.display(),
+            cert.display()
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// The one crypto provider every TLS configuration in the toolbox uses.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -162,12 +175,23 @@ pub fn server_config(
     client_ca: Option<RootCertStore>,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with_versions(chain, key, client_ca, alpn, rustls::DEFAULT_VERSIONS)
+}
+
+/// [`server_config`] offering only `versions` (NTS-KE requires TLS 1.3).
+pub fn server_config_with_versions(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_ca: Option<RootCertStore>,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<ServerConfig>, TlsError> {
     let config_err = |what: &str| {
         let what = what.to_string();
         move |source| TlsError::Config { what, source }
     };
     let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(config_err("TLS versions"))?;
     let builder = match client_ca {
         Some(roots) => {

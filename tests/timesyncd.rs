@@ -14,14 +14,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::timesyncd::{parse_line, text};
 use common::{require_peer, run_with_timeout, toolbox, wait_until, Daemon, TempDir};
 
 const T: Duration = Duration::from_secs(40);
 const NTP_EPOCH_OFFSET: u64 = 2_208_988_800;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 // ---------------------------------------------------------------- test server
 
@@ -237,23 +234,6 @@ fn dry_run(dir: &TempDir, args: &[&str]) -> Output {
             .args(args)
             .env("LOGGING", "stderr"),
         T,
-    )
-}
-
-/// Parses `server ADDR stratum N offset X delay Y`.
-fn parse_line(out: &Output) -> (String, u8, f64, f64) {
-    let stdout = text(&out.stdout);
-    let words: Vec<&str> = stdout.split_whitespace().collect();
-    assert!(
-        out.status.success() && words.len() == 8 && words[0] == "server",
-        "unexpected result: {stdout:?}\nstderr: {}",
-        text(&out.stderr)
-    );
-    (
-        words[1].to_owned(),
-        words[3].parse().unwrap(),
-        words[5].parse().unwrap(),
-        words[7].parse().unwrap(),
     )
 }
 

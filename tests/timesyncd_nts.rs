@@ -9,99 +9,20 @@ mod common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use common::timesyncd::{
+    daemon, dry_run, empty_conf, make_pki, nts_client_conf, nts_state, parse_line, status, text,
+    wait_for_nak_and_rekey, wait_for_status, T,
+};
 use common::{
     free_port, require_peer, run_with_timeout, toolbox, wait_for_tcp_port, wait_until, Daemon,
     TempDir,
 };
-
-const T: Duration = Duration::from_secs(40);
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = run_with_timeout(
-        Command::new("openssl").current_dir(dir).args(args),
-        Duration::from_secs(30),
-    );
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        text(&out.stderr)
-    );
-}
-
-/// A CA (`NAME-ca.crt`) and a server certificate for localhost and
-/// 127.0.0.1 it signed (`NAME.crt`, `NAME.key`), in `dir`.
-fn make_pki(dir: &Path, name: &str) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let ca_key = format!("{name}-ca.key");
-    let ca_crt = format!("{name}-ca.crt");
-    let mut args = vec!["req", "-x509"];
-    args.extend(ec);
-    args.extend([
-        "-keyout",
-        &ca_key,
-        "-out",
-        &ca_crt,
-        "-days",
-        "2",
-        "-subj",
-        "/CN=toolbox test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-    ]);
-    openssl(dir, &args);
-    let key = format!("{name}.key");
-    let csr = format!("{name}.csr");
-    let crt = format!("{name}.crt");
-    let mut args = vec!["req"];
-    args.extend(ec);
-    args.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=localhost"]);
-    openssl(dir, &args);
-    let ext = format!("{name}.ext");
-    std::fs::write(
-        dir.join(&ext),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         extendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_crt,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &crt,
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-        ],
-    );
-}
 
 /// chronyd serving NTS-KE on `ke_port` and NTP on 127.0.0.1:`ntp_port`,
 /// telling clients to send NTP to `ntp_host` (a proxy, or itself).
@@ -180,97 +101,6 @@ impl NtsServer {
     fn ke(&self) -> String {
         format!("localhost:{}", self.ke_port)
     }
-}
-
-fn empty_conf(dir: &Path) -> PathBuf {
-    let path = dir.join("empty.conf");
-    std::fs::write(&path, "[Time]\nFallbackNTP=\n").unwrap();
-    path
-}
-
-fn dry_run(dir: &Path, args: &[&str]) -> Output {
-    let conf = empty_conf(dir);
-    run_with_timeout(
-        Command::new(toolbox())
-            .args(["timesyncd", "-Q", "-vv", "-c"])
-            .arg(&conf)
-            .args(args)
-            .env("LOGGING", "stderr"),
-        T,
-    )
-}
-
-/// Parses `server ADDR stratum N offset X delay Y`.
-fn parse_line(out: &Output) -> (String, u8, f64, f64) {
-    let stdout = text(&out.stdout);
-    let words: Vec<&str> = stdout.split_whitespace().collect();
-    assert!(
-        out.status.success() && words.len() == 8 && words[0] == "server",
-        "unexpected result: {stdout:?}\nstderr: {}",
-        text(&out.stderr)
-    );
-    (
-        words[1].to_owned(),
-        words[3].parse().unwrap(),
-        words[5].parse().unwrap(),
-        words[7].parse().unwrap(),
-    )
-}
-
-/// A --no-adjust daemon in the foreground with its files in `dir`.
-fn daemon(dir: &Path, conf: &Path, args: &[&str]) -> Daemon {
-    let mut cmd = Command::new(toolbox());
-    cmd.args(["timesyncd", "-f", "--no-adjust", "-vv", "-c"])
-        .arg(conf)
-        .arg("--state-file")
-        .arg(dir.join("state"))
-        .arg("--clock-file")
-        .arg(dir.join("clock"))
-        .args(args)
-        .env("LOGGING", "stderr")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("log")).unwrap());
-    Daemon::spawn(cmd)
-}
-
-fn status(dir: &Path) -> String {
-    let out = run_with_timeout(
-        Command::new(toolbox())
-            .args(["timesyncd", "--status", "--state-file"])
-            .arg(dir.join("state")),
-        T,
-    );
-    text(&out.stdout)
-}
-
-fn wait_for_status(dir: &Path, needles: &[&str], timeout: Duration) -> String {
-    let mut last = String::new();
-    let found = wait_until(timeout, || {
-        last = status(dir);
-        needles.iter().all(|n| last.contains(n))
-    });
-    assert!(
-        found.is_some(),
-        "status never showed {needles:?}:\n{last}\nlog:\n{}",
-        std::fs::read_to_string(dir.join("log")).unwrap_or_default()
-    );
-    last
-}
-
-/// `nts_of_source=STATE|COOKIES|REJECTED` of the first source.
-fn nts_state(dir: &Path) -> (String, usize, u64) {
-    let state = std::fs::read_to_string(dir.join("state")).unwrap_or_default();
-    let value = state
-        .lines()
-        .find_map(|l| l.strip_prefix("nts_of_source="))
-        .unwrap_or_default()
-        .to_owned();
-    let mut parts = value.split('|');
-    (
-        parts.next().unwrap_or_default().to_owned(),
-        parts.next().and_then(|v| v.parse().ok()).unwrap_or(0),
-        parts.next().and_then(|v| v.parse().ok()).unwrap_or(0),
-    )
 }
 
 /// Relays NTP between `listen` and `upstream`, flipping one bit in the
@@ -358,16 +188,7 @@ fn daemon_shows_the_nts_source_authenticated() {
     }
     let server = NtsServer::start("nts-daemon", None);
     let dir = server.dir.path();
-    let conf = dir.join("timesyncd.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[Time]\nFallbackNTP=\nNTS={}\nNTSTrustedCertificates={}\n",
-            server.ke(),
-            server.ca().display()
-        ),
-    )
-    .unwrap();
+    let conf = nts_client_conf(dir, &server.ke(), &server.ca(), "");
     let _daemon = daemon(dir, &conf, &[]);
     let shown = wait_for_status(
         dir,
@@ -388,27 +209,15 @@ fn a_server_that_lost_its_keys_naks_and_the_client_rekeys() {
     }
     let mut server = NtsServer::start("nts-nak", None);
     let dir = server.dir.path().to_path_buf();
-    let conf = dir.join("timesyncd.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[Time]\nFallbackNTP=\nPollIntervalMinSec=16\nNTS={}\nNTSTrustedCertificates={}\n",
-            server.ke(),
-            server.ca().display()
-        ),
-    )
-    .unwrap();
+    let conf = nts_client_conf(&dir, &server.ke(), &server.ca(), "PollIntervalMinSec=16\n");
     let _daemon = daemon(&dir, &conf, &[]);
     wait_for_status(&dir, &["NTS authenticated"], Duration::from_secs(30));
     server.restart_with_new_keys();
     // The next poll (16 s on) is answered with a NAK; new keys follow.
-    let log = || std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-    let rekeyed = wait_until(Duration::from_secs(40), || {
-        let log = log();
-        log.contains("NTS NAK") && log.matches("NTS keys established").count() >= 2
+    let chronyd_log = server.dir.path().join("chronyd.log");
+    wait_for_nak_and_rekey(&dir, || {
+        std::fs::read_to_string(&chronyd_log).unwrap_or_default()
     });
-    assert!(rekeyed.is_some(), "no NAK and re-key:\n{}", log());
-    wait_for_status(&dir, &["NTS authenticated"], Duration::from_secs(20));
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::tls::rustls::{ClientConfig, ServerConfig};
-use crate::tls::{self, TlsError};
+use crate::tls::{self, pair_error};
 
 use super::objects::X509Creds;
 
@@ -29,18 +29,6 @@ fn check_dir(dir: &Path) -> Result<(), String> {
             dir.display(),
             crate::service::io_text(&e)
         )),
-    }
-}
-
-/// A rustls refusal of a certificate and key pair, named by the key file.
-fn pair_error(key: &Path, cert: &Path, e: TlsError) -> String {
-    match e {
-        TlsError::Config { source, .. } => format!(
-            "{}: does not fit {}: {source}",
-            key.display(),
-            cert.display()
-        ),
-        other => other.to_string(),
     }
 }
 

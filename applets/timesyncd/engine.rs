@@ -977,17 +977,14 @@ impl<C: ClockBackend> Engine<C> {
     }
 }
 
-/// Unix seconds from the system clock, only to pick the NTP era.
 /// Fresh kernel randomness for NTS unique identifiers and nonces.
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
-    for chunk in out.chunks_mut(8) {
-        let r = random::kernel_u64().to_le_bytes();
-        chunk.copy_from_slice(&r[..chunk.len()]);
-    }
+    random::kernel_fill(&mut out);
     out
 }
 
+/// Unix seconds from the system clock, only to pick the NTP era.
 fn unix_now_hint() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -87,6 +87,12 @@ struct Args {
     /// CA certificates (PEM) NTS-KE servers are checked against (default: the system's)
     #[arg(long = "nts-ca", value_name = "FILE")]
     nts_ca: Option<PathBuf>,
+    /// With -l: offer NTS-KE (port 4460) with this certificate chain (PEM; NTSCertificate=)
+    #[arg(long = "nts-cert", value_name = "FILE")]
+    nts_cert: Option<PathBuf>,
+    /// With -l: the private key (PEM) of --nts-cert (NTSKey=)
+    #[arg(long = "nts-key", value_name = "FILE")]
+    nts_key: Option<PathBuf>,
     /// Print version information
     #[arg(short = 'V', long)]
     version: bool,
@@ -147,6 +153,9 @@ pub struct Config {
     pub cli_nts: bool,
     /// `--nts-ca`, overriding NTSTrustedCertificates=.
     pub cli_nts_ca: Option<PathBuf>,
+    /// `--nts-cert` and `--nts-key`, overriding NTSCertificate=/NTSKey=.
+    pub cli_nts_cert: Option<PathBuf>,
+    pub cli_nts_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -157,6 +166,12 @@ impl Config {
         server.enabled = (server.enabled || self.serve) && self.mode == Mode::Daemon;
         if self.interface.is_some() {
             server.interface = self.interface.clone();
+        }
+        if self.cli_nts_cert.is_some() {
+            server.nts_certificate = self.cli_nts_cert.clone();
+        }
+        if self.cli_nts_key.is_some() {
+            server.nts_key = self.cli_nts_key.clone();
         }
         server
     }
@@ -374,9 +389,18 @@ fn validate(args: Args) -> Result<(Config, Vec<String>), String> {
         bound: BoundSockets::default(),
         cli_nts: args.nts,
         cli_nts_ca: args.nts_ca.map(absolute),
+        cli_nts_cert: args.nts_cert.map(absolute),
+        cli_nts_key: args.nts_key.map(absolute),
     };
 
     config.servers()?;
+    let server = config.server();
+    if server.enabled && server.nts_credentials()?.is_some() && !cfg!(feature = "tls") {
+        return Err("NTS needs TLS, and this build has none (feature tls)".into());
+    }
+    if (config.cli_nts_cert.is_some() || config.cli_nts_key.is_some()) && !server.enabled {
+        return Err("--nts-cert and --nts-key serve NTS: they need -l (or Listen=)".into());
+    }
     Ok((config, warnings))
 }
 
@@ -517,6 +541,39 @@ mod tests {
         let c = config(&["-s", "time.example", "--nts-ca", "/etc/ca.pem", "--nts"]).unwrap();
         assert_eq!(c.nts_ca(), Some(Path::new("/etc/ca.pem")));
         assert!(config(&["--nts"]).unwrap_err().contains("--nts"));
+    }
+
+    #[test]
+    fn nts_server_credentials_come_in_pairs_and_with_a_server() {
+        let e = config(&["-l", "-s", "10.0.0.1", "--nts-cert", "/c.pem"]).unwrap_err();
+        assert_eq!(e, "NTSCertificate= needs NTSKey= (or --nts-key)");
+        let e = config(&[
+            "-s",
+            "10.0.0.1",
+            "--nts-cert",
+            "/c.pem",
+            "--nts-key",
+            "/k.pem",
+        ])
+        .unwrap_err();
+        assert!(e.contains("-l"), "{e}");
+        let c = config(&[
+            "-l",
+            "-s",
+            "10.0.0.1",
+            "--nts-cert",
+            "c.pem",
+            "--nts-key",
+            "/k.pem",
+        ]);
+        #[cfg(feature = "tls")]
+        {
+            let (cert, key) = c.unwrap().server().nts_credentials().unwrap().unwrap();
+            assert!(cert.is_absolute() && cert.ends_with("c.pem"));
+            assert_eq!(key, Path::new("/k.pem"));
+        }
+        #[cfg(not(feature = "tls"))]
+        assert!(c.unwrap_err().contains("feature tls"));
     }
 
     #[cfg(not(feature = "tls"))]

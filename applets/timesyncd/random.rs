@@ -3,10 +3,17 @@
 
 use crate::rng::{clock_noise, SplitMix64};
 
-/// 64 random bits from the kernel. getrandom(2) only fails before the pool
-/// is initialised on ancient kernels; then a time-seeded generator stands in.
+/// 64 random bits from the kernel (see [`kernel_fill`]).
 pub fn kernel_u64() -> u64 {
     let mut buf = [0u8; 8];
+    kernel_fill(&mut buf);
+    u64::from_ne_bytes(buf)
+}
+
+/// Fills `buf` from getrandom(2): NTS keys, nonces and request cookies.
+/// getrandom only fails before the pool is initialised on ancient kernels;
+/// then a time-seeded generator stands in.
+pub fn kernel_fill(buf: &mut [u8]) {
     let mut filled = 0;
     while filled < buf.len() {
         // SAFETY: writes at most the remaining length into our buffer.
@@ -19,9 +26,13 @@ pub fn kernel_u64() -> u64 {
         if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
             continue;
         }
-        return SplitMix64::new(clock_noise()).next_u64();
+        let mut rng = SplitMix64::new(clock_noise());
+        for chunk in buf[filled..].chunks_mut(8) {
+            let r = rng.next_u64().to_ne_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+        return;
     }
-    u64::from_ne_bytes(buf)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod nbd;
+pub mod timesyncd;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! NTP extension fields (RFC 7822) as NTS uses them (RFC 8915 §5): the
 //! unique identifier, cookie, cookie placeholder and authenticator fields
-//! of a request, and the walk over a reply's fields. Sans-IO and
+//! of a request, and the walk over a packet's fields (the server side,
+//! `server`, walks requests with the same code). Sans-IO and
 //! bounds-checked: every length comes off the wire.
 
 use super::aead;
@@ -40,42 +41,28 @@ pub struct Field<'a> {
 /// is out of bounds, under 4 or not a multiple of 4. (NTS packets carry no
 /// legacy MAC, so a tail that is not a field is malformed.)
 pub fn fields(packet: &[u8]) -> Option<Vec<Field<'_>>> {
-    let mut at = HEADER_LEN;
-    let mut out = Vec::new();
     if packet.len() < HEADER_LEN {
         return None;
     }
-    while at < packet.len() {
-        let header = packet.get(at..at + 4)?;
-        let kind = u16::from_be_bytes([header[0], header[1]]);
-        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-        if len < 4 || len % 4 != 0 {
-            return None;
-        }
-        let body = packet.get(at + 4..at + len)?;
-        out.push(Field {
-            kind,
-            start: at,
-            body,
-        });
-        at += len;
-    }
-    Some(out)
+    walk(packet, HEADER_LEN)
 }
 
 /// Fields inside the authenticator's plaintext: the same layout without
 /// an NTP header in front.
 pub fn inner_fields(plain: &[u8]) -> Option<Vec<Field<'_>>> {
-    let mut at = 0;
+    walk(plain, 0)
+}
+
+fn walk(bytes: &[u8], mut at: usize) -> Option<Vec<Field<'_>>> {
     let mut out = Vec::new();
-    while at < plain.len() {
-        let header = plain.get(at..at + 4)?;
+    while at < bytes.len() {
+        let header = bytes.get(at..at + 4)?;
         let kind = u16::from_be_bytes([header[0], header[1]]);
         let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
         if len < 4 || len % 4 != 0 {
             return None;
         }
-        let body = plain.get(at + 4..at + len)?;
+        let body = bytes.get(at + 4..at + len)?;
         out.push(Field {
             kind,
             start: at,
@@ -123,14 +110,27 @@ pub fn build_request(
     for _ in 0..placeholders {
         push_field(&mut out, COOKIE_PLACEHOLDER, &zeros);
     }
-    let sealed = aead::seal(c2s, nonce, &out, &[])?;
+    push_authenticator(&mut out, c2s, nonce, &[])?;
+    Some(out)
+}
+
+/// Appends the authenticator field: `plaintext` (encrypted extension
+/// fields) sealed under `key` and `nonce`, with everything already in
+/// `packet` as associated data.
+pub fn push_authenticator(
+    packet: &mut Vec<u8>,
+    key: &[u8; aead::KEY_LEN],
+    nonce: &[u8; NONCE_LEN],
+    plaintext: &[u8],
+) -> Option<()> {
+    let sealed = aead::seal(key, nonce, packet, plaintext)?;
     let mut body = Vec::with_capacity(4 + NONCE_LEN + sealed.len());
     body.extend_from_slice(&(NONCE_LEN as u16).to_be_bytes());
-    body.extend_from_slice(&(sealed.len() as u16).to_be_bytes());
+    body.extend_from_slice(&u16::try_from(sealed.len()).ok()?.to_be_bytes());
     body.extend_from_slice(nonce);
     body.extend_from_slice(&sealed);
-    push_field(&mut out, AUTHENTICATOR, &body);
-    Some(out)
+    push_field(packet, AUTHENTICATOR, &body);
+    Some(())
 }
 
 /// Why an NTS reply was not believed.
@@ -235,14 +235,7 @@ mod tests {
         for c in cookies {
             push_field(&mut plain, NTS_COOKIE, c);
         }
-        let nonce = [9u8; NONCE_LEN];
-        let sealed = aead::seal(s2c, &nonce, &p, &plain).expect("seal");
-        let mut body = Vec::new();
-        body.extend_from_slice(&(NONCE_LEN as u16).to_be_bytes());
-        body.extend_from_slice(&(sealed.len() as u16).to_be_bytes());
-        body.extend_from_slice(&nonce);
-        body.extend_from_slice(&sealed);
-        push_field(&mut p, AUTHENTICATOR, &body);
+        push_authenticator(&mut p, s2c, &[9u8; NONCE_LEN], &plain).expect("seal");
         p
     }
 

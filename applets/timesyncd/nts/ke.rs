@@ -1,6 +1,7 @@
 //! NTS Key Establishment records (RFC 8915 §4): the request a client sends
 //! over TLS and the parse of the server's answer. Sans-IO: bytes in, a
 //! [`Negotiated`] or a [`KeError`] out; the TLS connection is `client`'s.
+//! The server's side of the same records is `ke_server`.
 
 use std::fmt;
 
@@ -21,15 +22,15 @@ pub const MAX_COOKIES: usize = 8;
 /// A cookie longer than this is not one (chrony's are 104 bytes).
 pub const MAX_COOKIE_LEN: usize = 1024;
 
-const CRITICAL: u16 = 0x8000;
-const END_OF_MESSAGE: u16 = 0;
-const NEXT_PROTOCOL: u16 = 1;
-const ERROR: u16 = 2;
-const WARNING: u16 = 3;
-const AEAD_ALGORITHM: u16 = 4;
-const NEW_COOKIE: u16 = 5;
-const SERVER_NEGOTIATION: u16 = 6;
-const PORT_NEGOTIATION: u16 = 7;
+pub const CRITICAL: u16 = 0x8000;
+pub const END_OF_MESSAGE: u16 = 0;
+pub const NEXT_PROTOCOL: u16 = 1;
+pub const ERROR: u16 = 2;
+pub const WARNING: u16 = 3;
+pub const AEAD_ALGORITHM: u16 = 4;
+pub const NEW_COOKIE: u16 = 5;
+pub const SERVER_NEGOTIATION: u16 = 6;
+pub const PORT_NEGOTIATION: u16 = 7;
 
 /// The TLS exporter context for one direction (RFC 8915 §5.1): protocol
 /// id, AEAD id, then 0 for client-to-server or 1 for server-to-client.
@@ -39,7 +40,8 @@ pub fn exporter_context(server_to_client: bool) -> [u8; 5] {
     [p[0], p[1], a[0], a[1], u8::from(server_to_client)]
 }
 
-fn record(out: &mut Vec<u8>, kind: u16, body: &[u8]) {
+/// Appends one record: type (critical bit included), body length, body.
+pub fn record(out: &mut Vec<u8>, kind: u16, body: &[u8]) {
     out.extend_from_slice(&kind.to_be_bytes());
     out.extend_from_slice(&(body.len() as u16).to_be_bytes());
     out.extend_from_slice(body);

@@ -1,16 +1,25 @@
 //! The `[Server]` section of timesyncd.conf and the options that enable
 //! the server: `Listen=ADDR[:PORT]` (several), `Allow=`/`Deny=` subnets,
-//! `RateLimit=` (chrony's `interval N burst N leak N`) and `LocalStratum=`.
+//! `RateLimit=` (chrony's `interval N burst N leak N`), `LocalStratum=`,
+//! and NTS: `NTSCertificate=`/`NTSKey=` (PEM), `NTSPort=`,
+//! `NTSKeyRotation=`, `NTSNTPServer=`.
 //! Sans-IO: key and value in, the setting or an error out.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 
 use super::access::{Access, Cidr};
 use super::ratelimit::RateLimit;
 
 pub const NTP_PORT: u16 = 123;
+/// How often the NTS master key is replaced (chrony's `ntsrotate` default:
+/// a week). Cookies made with the previous key stay good.
+pub const DEFAULT_NTS_ROTATION: f64 = 7.0 * 86_400.0;
+/// chrony refuses shorter rotation periods too: clients polling at
+/// chrony's maximum of 36 h would lose their cookies.
+pub const LEAST_NTS_ROTATION: f64 = 60.0;
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServerConfig {
     /// `-l`, or any `Listen=` line.
     pub enabled: bool,
@@ -27,9 +36,51 @@ pub struct ServerConfig {
     /// chrony's `local stratum N`: serve our own clock at this stratum when
     /// no server is selected.
     pub local_stratum: Option<u8>,
+    /// The NTS-KE server's certificate chain and key (PEM): NTS is
+    /// offered when both are given.
+    pub nts_certificate: Option<PathBuf>,
+    pub nts_key: Option<PathBuf>,
+    /// NTS-KE's TCP port (4460), on each listening address.
+    pub nts_port: u16,
+    /// Seconds between master key rotations; `None` never.
+    pub nts_rotation: Option<f64>,
+    /// Sent in NTPv4 server negotiation: where clients should send NTP,
+    /// when not to the NTS-KE server's address.
+    pub nts_ntp_server: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            enabled: false,
+            listen: Vec::new(),
+            interface: None,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            allow_given: false,
+            rate_limit: None,
+            local_stratum: None,
+            nts_certificate: None,
+            nts_key: None,
+            nts_port: super::super::nts::ke::PORT,
+            nts_rotation: Some(DEFAULT_NTS_ROTATION),
+            nts_ntp_server: None,
+        }
+    }
 }
 
 impl ServerConfig {
+    /// The certificate and key when NTS is to be offered; an error when
+    /// only one of them is given.
+    pub fn nts_credentials(&self) -> Result<Option<(PathBuf, PathBuf)>, String> {
+        match (&self.nts_certificate, &self.nts_key) {
+            (Some(cert), Some(key)) => Ok(Some((cert.clone(), key.clone()))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("NTSCertificate= needs NTSKey= (or --nts-key)".into()),
+            (None, Some(_)) => Err("NTSKey= needs NTSCertificate= (or --nts-cert)".into()),
+        }
+    }
+
     pub fn access(&self) -> Access {
         if !self.allow_given && self.deny.is_empty() {
             return Access::everyone();
@@ -94,10 +145,42 @@ impl ServerConfig {
                     },
                 }
             }
+            "NTSCertificate" => self.nts_certificate = path(value),
+            "NTSKey" => self.nts_key = path(value),
+            "NTSPort" => {
+                self.nts_port = match value.parse::<u16>() {
+                    Ok(port) if port > 0 => port,
+                    _ => return Err(format!("invalid port '{value}'")),
+                }
+            }
+            "NTSKeyRotation" => {
+                self.nts_rotation = match super::super::config::parse_timespan(value)? {
+                    None | Some(0.0) => None,
+                    Some(secs) if secs >= LEAST_NTS_ROTATION => Some(secs),
+                    Some(_) => {
+                        return Err(format!(
+                            "rotation period '{value}' under {LEAST_NTS_ROTATION} s"
+                        ))
+                    }
+                }
+            }
+            "NTSNTPServer" => {
+                self.nts_ntp_server = match value {
+                    "" => None,
+                    v if v.len() <= 255 && v.bytes().all(|b| b.is_ascii_graphic()) => {
+                        Some(v.to_owned())
+                    }
+                    v => return Err(format!("invalid server name '{v}'")),
+                }
+            }
             _ => return Ok(false),
         }
         Ok(true)
     }
+}
+
+fn path(value: &str) -> Option<PathBuf> {
+    Some(value).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 /// `ADDR`, `ADDR:PORT`, `[V6]:PORT` or a bare IPv6 address; port 123 when
@@ -165,6 +248,41 @@ mod tests {
         assert!(c.set("Allow", "10.0.0.0/40").is_err());
         c.set("Allow", "all").unwrap();
         assert!(c.access().permits("2001:db8::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn nts_keys() {
+        let mut c = ServerConfig::default();
+        assert_eq!(c.nts_port, 4460);
+        assert_eq!(c.nts_rotation, Some(DEFAULT_NTS_ROTATION));
+        assert_eq!(c.nts_credentials(), Ok(None));
+        c.set("NTSCertificate", "/etc/nts/cert.pem").unwrap();
+        assert!(c.nts_credentials().unwrap_err().contains("NTSKey="));
+        c.set("NTSKey", "/etc/nts/key.pem").unwrap();
+        assert_eq!(
+            c.nts_credentials(),
+            Ok(Some((
+                "/etc/nts/cert.pem".into(),
+                "/etc/nts/key.pem".into()
+            )))
+        );
+        c.set("NTSCertificate", "").unwrap();
+        assert!(c.nts_credentials().unwrap_err().contains("NTSCertificate="));
+        c.set("NTSPort", "14460").unwrap();
+        assert_eq!(c.nts_port, 14460);
+        for bad in ["0", "70000", "x", ""] {
+            assert!(c.set("NTSPort", bad).is_err(), "{bad}");
+        }
+        c.set("NTSKeyRotation", "1d").unwrap();
+        assert_eq!(c.nts_rotation, Some(86_400.0));
+        c.set("NTSKeyRotation", "infinity").unwrap();
+        assert_eq!(c.nts_rotation, None);
+        c.set("NTSKeyRotation", "0").unwrap();
+        assert_eq!(c.nts_rotation, None);
+        assert!(c.set("NTSKeyRotation", "10s").is_err());
+        c.set("NTSNTPServer", "ntp.example").unwrap();
+        assert_eq!(c.nts_ntp_server.as_deref(), Some("ntp.example"));
+        assert!(c.set("NTSNTPServer", "two words").is_err());
     }
 
     #[test]

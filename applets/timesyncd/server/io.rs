@@ -9,13 +9,16 @@
 //! (SO_TIMESTAMPNS), decides every reply with the sans-IO core, reads the
 //! clock once more and sends the batch with one sendmmsg(2). Threads of
 //! their own rather than tasks: the time is served at the same speed
-//! whatever the runtime they share (svchost) is doing.
+//! whatever the runtime they share (svchost) is doing. With NTS, a request
+//! carrying a cookie is checked and answered by `nts::server` with the
+//! master keys the NTS-KE service (`server::nts`, a task) seals cookies
+//! with.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -23,18 +26,22 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::super::clock::{system_now, ClockBackend};
 use super::super::engine::{Engine, Peer};
+use super::super::nts::master::MasterKeys;
+use super::super::nts::server::{self as nts_server, Inspection};
 use super::super::options::Config;
 use super::super::packet::{NtpTime, HEADER_LEN};
+use super::super::random::kernel_fill;
 use super::access::Access;
 use super::config::ServerConfig;
 use super::ratelimit::{RateLimit, RateTable};
-use super::reply::{respond, stamp_transmit, Dropped, Outcome, SyncState};
+use super::reply::{kiss, respond, stamp_transmit, Outcome, SyncState};
 use super::state::{derive, Upstream};
 
 /// Datagrams taken per recvmmsg.
 const BATCH: usize = 32;
-/// Bytes of a request kept: the header is all that is read.
-const REQUEST_BUF: usize = 128;
+/// Bytes of a request kept, and room for its reply (never longer): an NTS
+/// request with eight cookies' worth of fields is under 1 KiB.
+const REQUEST_BUF: usize = 1536;
 /// Clients the rate limiter remembers (40 bytes each: 320 KiB, about
 /// what chrony's default clientloglimit allows).
 const RATE_TABLE_CLIENTS: usize = 8_192;
@@ -43,6 +50,9 @@ const RATE_TABLE_CLIENTS: usize = 8_192;
 /// service.
 pub struct Bound {
     pub sockets: Vec<(SocketAddr, Socket)>,
+    /// NTS-KE listeners and credentials, when NTS is offered.
+    #[cfg(feature = "tls")]
+    pub nts: Option<super::nts::Bound>,
 }
 
 /// Threads per listening address: one per CPU, at most four.
@@ -53,25 +63,33 @@ pub fn default_workers() -> usize {
         .clamp(1, 4)
 }
 
-fn bind_one(addr: SocketAddr, interface: Option<&str>, reuse: bool) -> io::Result<Socket> {
+/// A non-blocking socket of `kind` for `addr`'s family, IPv6 only for an
+/// IPv6 address (the IPv4 one has its own), tied to `interface` (-I).
+pub(super) fn server_socket(
+    addr: SocketAddr,
+    kind: Type,
+    protocol: Protocol,
+    interface: Option<&str>,
+) -> io::Result<Socket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
         Domain::IPV6
     };
-    let sock = Socket::new(
-        domain,
-        Type::DGRAM.nonblocking().cloexec(),
-        Some(Protocol::UDP),
-    )?;
+    let sock = Socket::new(domain, kind.nonblocking().cloexec(), Some(protocol))?;
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
     }
-    if reuse {
-        sock.set_reuse_port(true)?;
-    }
     if let Some(iface) = interface {
         sock.bind_device(Some(iface.as_bytes()))?;
+    }
+    Ok(sock)
+}
+
+fn bind_one(addr: SocketAddr, interface: Option<&str>, reuse: bool) -> io::Result<Socket> {
+    let sock = server_socket(addr, Type::DGRAM, Protocol::UDP, interface)?;
+    if reuse {
+        sock.set_reuse_port(true)?;
     }
     // The receive buffer stays at the kernel's default: a longer queue
     // loses fewer requests in a flood but answers them late (measured:
@@ -118,7 +136,25 @@ pub fn bind(config: &ServerConfig, workers: usize) -> Result<Bound, String> {
             }
         }
     }
-    Ok(Bound { sockets })
+    let credentials = config.nts_credentials()?;
+    #[cfg(feature = "tls")]
+    let nts = match credentials {
+        Some((cert, key)) => {
+            let mut ntp: Vec<SocketAddr> = sockets.iter().map(|(a, _)| *a).collect();
+            ntp.dedup();
+            Some(super::nts::bind(config, &cert, &key, &ntp)?)
+        }
+        None => None,
+    };
+    #[cfg(not(feature = "tls"))]
+    if credentials.is_some() {
+        return Err("NTS needs TLS, and this build has none (feature tls)".into());
+    }
+    Ok(Bound {
+        sockets,
+        #[cfg(feature = "tls")]
+        nts,
+    })
 }
 
 /// Hands each datagram to the group's socket of the CPU that received it
@@ -174,23 +210,54 @@ pub struct Shared {
     state: RwLock<SyncState>,
     access: RwLock<Access>,
     limits: Mutex<Option<RateTable>>,
+    /// NTS's master keys, when NTS is offered.
+    nts: Option<RwLock<MasterKeys>>,
     start: Instant,
     pub served: AtomicU64,
     pub kisses: AtomicU64,
     pub dropped: AtomicU64,
+    /// NTS-authenticated replies, NTS NAKs, NTS-KE sessions that gave keys.
+    pub nts_replies: AtomicU64,
+    pub naks: AtomicU64,
+    pub key_exchanges: AtomicU64,
 }
 
 impl Shared {
-    pub fn new(state: SyncState, access: Access, rate: Option<RateLimit>) -> Shared {
+    pub fn new(
+        state: SyncState,
+        access: Access,
+        rate: Option<RateLimit>,
+        nts: Option<MasterKeys>,
+    ) -> Shared {
         Shared {
             state: RwLock::new(state),
             access: RwLock::new(access),
             limits: Mutex::new(rate.map(|r| RateTable::new(r, RATE_TABLE_CLIENTS))),
+            nts: nts.map(RwLock::new),
             start: Instant::now(),
             served: AtomicU64::new(0),
             kisses: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            nts_replies: AtomicU64::new(0),
+            naks: AtomicU64::new(0),
+            key_exchanges: AtomicU64::new(0),
         }
+    }
+
+    /// Whether `ip` may use the server (NTP and NTS-KE alike).
+    pub fn permits(&self, ip: std::net::IpAddr) -> bool {
+        self.access.read().is_ok_and(|a| a.permits(ip))
+    }
+
+    pub fn master_keys(&self) -> Option<RwLockReadGuard<'_, MasterKeys>> {
+        self.nts.as_ref()?.read().ok()
+    }
+
+    /// A new current master key; the id it got.
+    pub fn rotate_nts_key(&self, key: [u8; super::super::nts::aead::KEY_LEN]) -> Option<u32> {
+        let mut master = self.nts.as_ref()?.write().ok()?;
+        master.rotate(key);
+        Some(master.current_id())
     }
 
     pub fn set_state(&self, state: SyncState) {
@@ -227,7 +294,7 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(bound: Bound, shared: Arc<Shared>) -> io::Result<Server> {
+    pub fn start(sockets: Vec<(SocketAddr, Socket)>, shared: Arc<Shared>) -> io::Result<Server> {
         let stopping = Arc::new(AtomicBool::new(false));
         let mut server = Server {
             shared,
@@ -236,7 +303,7 @@ impl Server {
             threads: Vec::new(),
             addrs: Vec::new(),
         };
-        for (n, (addr, sock)) in bound.sockets.into_iter().enumerate() {
+        for (n, (addr, sock)) in sockets.into_iter().enumerate() {
             if !server.addrs.contains(&addr) {
                 server.addrs.push(addr);
             }
@@ -287,6 +354,10 @@ impl Drop for Server {
 /// event, given new lists on SIGHUP.
 pub struct Running {
     server: Server,
+    #[cfg(feature = "tls")]
+    nts: Option<super::nts::Service>,
+    /// The NTS settings the service started with (they need a restart).
+    nts_settings: NtsSettings,
     local_stratum: Option<u8>,
     listen: Vec<SocketAddr>,
     precision: i8,
@@ -310,17 +381,40 @@ impl Running {
             config.adjust,
             precision,
         );
-        let shared = Arc::new(Shared::new(state, settings.access(), settings.rate_limit));
-        let server =
-            Server::start(bound, shared).map_err(|e| format!("cannot start the server: {e}"))?;
+        #[cfg(feature = "tls")]
+        let master = bound.nts.as_ref().map(|_| super::nts::new_master_keys());
+        #[cfg(not(feature = "tls"))]
+        let master = None;
+        let shared = Arc::new(Shared::new(
+            state,
+            settings.access(),
+            settings.rate_limit,
+            master,
+        ));
+        let start_err = |e: io::Error| format!("cannot start the server: {e}");
+        let server = Server::start(bound.sockets, shared.clone()).map_err(start_err)?;
         let list: Vec<String> = server.addrs.iter().map(|a| a.to_string()).collect();
         tracing::info!(
             "serving time on {} ({} threads)",
             list.join(" "),
             server.threads.len()
         );
+        #[cfg(feature = "tls")]
+        let nts = match bound.nts {
+            Some(nts) => {
+                let addrs: Vec<String> = nts.addrs().iter().map(|a| a.to_string()).collect();
+                let service =
+                    super::nts::start(nts, shared, settings.nts_rotation).map_err(start_err)?;
+                tracing::info!("serving NTS-KE on {}", addrs.join(" "));
+                Some(service)
+            }
+            None => None,
+        };
         Ok(Running {
             server,
+            #[cfg(feature = "tls")]
+            nts,
+            nts_settings: NtsSettings::of(&settings),
             local_stratum: settings.local_stratum,
             listen: settings.listen_addrs(),
             precision,
@@ -371,6 +465,9 @@ impl Running {
         if settings.listen_addrs() != self.listen || !settings.enabled {
             tracing::warn!("reload: the server's Listen= and -l take effect at restart");
         }
+        if NtsSettings::of(settings) != self.nts_settings {
+            tracing::warn!("reload: the server's NTS settings take effect at restart");
+        }
         self.local_stratum = settings.local_stratum;
         self.server
             .shared
@@ -379,6 +476,8 @@ impl Running {
 
     pub fn stop(self) {
         let shared = self.server.shared.clone();
+        #[cfg(feature = "tls")]
+        drop(self.nts);
         self.server.stop();
         tracing::info!(
             "server: {} replies, {} kisses, {} dropped",
@@ -386,6 +485,36 @@ impl Running {
             shared.kisses.load(Ordering::Relaxed),
             shared.dropped.load(Ordering::Relaxed)
         );
+        if shared.nts.is_some() {
+            tracing::info!(
+                "server: {} NTS key establishments, {} NTS replies, {} NTS NAKs",
+                shared.key_exchanges.load(Ordering::Relaxed),
+                shared.nts_replies.load(Ordering::Relaxed),
+                shared.naks.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// What of `[Server]` only a restart changes for NTS.
+#[derive(Clone, Debug, PartialEq)]
+struct NtsSettings {
+    certificate: Option<std::path::PathBuf>,
+    key: Option<std::path::PathBuf>,
+    port: u16,
+    rotation: Option<f64>,
+    ntp_server: Option<String>,
+}
+
+impl NtsSettings {
+    fn of(settings: &ServerConfig) -> NtsSettings {
+        NtsSettings {
+            certificate: settings.nts_certificate.clone(),
+            key: settings.nts_key.clone(),
+            port: settings.nts_port,
+            rotation: settings.nts_rotation,
+            ntp_server: settings.nts_ntp_server.clone(),
+        }
     }
 }
 
@@ -415,7 +544,9 @@ struct Batch {
     controls: [[u64; 8]; BATCH],
     iovs: [libc::iovec; BATCH],
     msgs: [libc::mmsghdr; BATCH],
-    replies: [[u8; HEADER_LEN]; BATCH],
+    replies: [[u8; REQUEST_BUF]; BATCH],
+    /// Each reply's length: 48 bytes unless NTS added fields.
+    lens: [usize; BATCH],
     /// Which replies need their transmit timestamp, by index into `replies`.
     fresh: [bool; BATCH],
     out_iovs: [libc::iovec; BATCH],
@@ -423,17 +554,85 @@ struct Batch {
 }
 
 fn serve(sock: &Socket, stopping: &AtomicBool, shared: &Shared) {
-    // SAFETY: all-zero is a valid value for these C structs and arrays;
-    // the pointers are set before each use.
-    let mut b: Box<Batch> = Box::new(unsafe { std::mem::zeroed() });
+    let mut b = zeroed_batch();
+    let mut scratch = Vec::with_capacity(REQUEST_BUF);
     let fd = sock.as_raw_fd();
     while !stopping.load(Ordering::Relaxed) {
-        drain_batch(fd, &mut b, shared);
+        drain_batch(fd, &mut b, &mut scratch, shared);
+    }
+}
+
+/// A batch allocated zeroed on the heap: at ~100 KiB it does not fit on
+/// the thread's stack, where `Box::new` would first build it.
+fn zeroed_batch() -> Box<Batch> {
+    let layout = std::alloc::Layout::new::<Batch>();
+    // SAFETY: the layout is Batch's (not zero-sized); all-zero is a valid
+    // value for its C structs and arrays, whose pointers are set before
+    // each use; the allocation is handed to Box with the same layout.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout).cast::<Batch>();
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Box::from_raw(ptr)
+    }
+}
+
+/// What NTS made of a request `respond` answered.
+enum NtsAnswer {
+    /// Not an NTS request: the plain header, transmit time still to write.
+    Plain,
+    /// An authenticated reply or a NAK of this length, complete.
+    Done(usize),
+    Drop,
+}
+
+/// Checks an NTS request and writes its reply (the header `respond` wrote,
+/// completed and authenticated, or a NAK) into `reply`.
+fn answer_nts(
+    request: &[u8],
+    master: &MasterKeys,
+    state: &SyncState,
+    reply: &mut [u8; REQUEST_BUF],
+    scratch: &mut Vec<u8>,
+    shared: &Shared,
+) -> NtsAnswer {
+    match nts_server::inspect(request, master) {
+        Inspection::Plain => return NtsAnswer::Plain,
+        Inspection::Malformed => return NtsAnswer::Drop,
+        Inspection::Nak { uid } => {
+            let mut header = [0u8; HEADER_LEN];
+            kiss(request, state.precision, b"NTSN", &mut header);
+            nts_server::nak(&header, uid, scratch);
+            shared.naks.fetch_add(1, Ordering::Relaxed);
+        }
+        Inspection::Authentic(request) => {
+            let Some(prepared) = nts_server::prepare(&request, master, &mut kernel_fill) else {
+                return NtsAnswer::Drop;
+            };
+            let Some(header) = reply.first_chunk_mut::<HEADER_LEN>() else {
+                return NtsAnswer::Drop;
+            };
+            // The authenticator covers the transmit timestamp: read the
+            // clock now, with the cookies already made.
+            stamp_transmit(header, system_now(), state);
+            if nts_server::seal(header, &prepared, scratch).is_none() {
+                return NtsAnswer::Drop;
+            }
+            shared.nts_replies.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    match reply.get_mut(..scratch.len()) {
+        Some(slot) => {
+            slot.copy_from_slice(scratch);
+            NtsAnswer::Done(scratch.len())
+        }
+        None => NtsAnswer::Drop,
     }
 }
 
 /// Receives, answers and sends one batch; returns how many came in.
-fn drain_batch(fd: libc::c_int, b: &mut Batch, shared: &Shared) -> usize {
+fn drain_batch(fd: libc::c_int, b: &mut Batch, scratch: &mut Vec<u8>, shared: &Shared) -> usize {
     for i in 0..BATCH {
         b.iovs[i] = libc::iovec {
             iov_base: b.bufs[i].as_mut_ptr().cast(),
@@ -475,6 +674,7 @@ fn drain_batch(fd: libc::c_int, b: &mut Batch, shared: &Shared) -> usize {
             return n;
         };
         let mut limits = shared.limits.lock().ok();
+        let master = shared.master_keys();
         let mut dropped = 0;
         let mut kisses = 0;
         for i in 0..n {
@@ -485,36 +685,56 @@ fn drain_batch(fd: libc::c_int, b: &mut Batch, shared: &Shared) -> usize {
             };
             let received = kernel_stamp(&b.msgs[i].msg_hdr).unwrap_or(fallback_rx);
             let table = limits.as_mut().and_then(|t| t.as_mut());
+            let request = &b.bufs[i][..len];
+            let Some(header) = b.replies[out].first_chunk_mut::<HEADER_LEN>() else {
+                continue;
+            };
             let outcome = respond(
-                &b.bufs[i][..len],
+                request,
                 from.ip(),
                 received,
                 &state,
                 &access,
                 table,
                 now,
-                &mut b.replies[out],
+                header,
             );
-            match outcome {
-                Outcome::Reply | Outcome::Kiss => {
-                    b.fresh[out] = outcome == Outcome::Reply;
-                    if outcome == Outcome::Kiss {
-                        kisses += 1;
-                    }
-                    // The reply goes back to where the request came from.
-                    if out != i {
-                        b.names[out] = b.names[i];
-                    }
-                    b.out_msgs[out].msg_hdr.msg_namelen = b.msgs[i].msg_hdr.msg_namelen;
-                    out += 1;
+            // Whether to send, and whether the transmit time is still to
+            // be written (plain replies get it last, for the whole batch).
+            let (send, fresh, len) = match (outcome, master.as_deref()) {
+                (Outcome::Drop(why), _) => {
+                    tracing::trace!("NTP server: {from}: dropped ({why:?})");
+                    (false, false, 0)
                 }
-                Outcome::Drop(why) => {
-                    if matches!(why, Dropped::Control(_)) {
-                        tracing::trace!("NTP server: mode 6/7 query from {from} refused");
-                    }
-                    dropped += 1;
+                (Outcome::Kiss, _) => {
+                    kisses += 1;
+                    (true, false, HEADER_LEN)
                 }
+                (Outcome::Reply, None) => (true, true, HEADER_LEN),
+                (Outcome::Reply, Some(master)) => {
+                    let reply = &mut b.replies[out];
+                    match answer_nts(request, master, &state, reply, scratch, shared) {
+                        NtsAnswer::Plain => (true, true, HEADER_LEN),
+                        NtsAnswer::Done(len) => (true, false, len),
+                        NtsAnswer::Drop => {
+                            tracing::trace!("NTP server: {from}: malformed NTS request dropped");
+                            (false, false, 0)
+                        }
+                    }
+                }
+            };
+            if !send {
+                dropped += 1;
+                continue;
             }
+            b.fresh[out] = fresh;
+            b.lens[out] = len;
+            // The reply goes back to where the request came from.
+            if out != i {
+                b.names[out] = b.names[i];
+            }
+            b.out_msgs[out].msg_hdr.msg_namelen = b.msgs[i].msg_hdr.msg_namelen;
+            out += 1;
         }
         shared.dropped.fetch_add(dropped, Ordering::Relaxed);
         shared.kisses.fetch_add(kisses, Ordering::Relaxed);
@@ -526,12 +746,12 @@ fn drain_batch(fd: libc::c_int, b: &mut Batch, shared: &Shared) -> usize {
     // goes to the kernel.
     let t3: NtpTime = system_now();
     for i in 0..out {
-        if b.fresh[i] {
-            stamp_transmit(&mut b.replies[i], t3, &state);
+        if let Some(header) = b.replies[i].first_chunk_mut().filter(|_| b.fresh[i]) {
+            stamp_transmit(header, t3, &state);
         }
         b.out_iovs[i] = libc::iovec {
             iov_base: b.replies[i].as_mut_ptr().cast(),
-            iov_len: HEADER_LEN,
+            iov_len: b.lens[i],
         };
         let hdr = &mut b.out_msgs[i].msg_hdr;
         hdr.msg_name = (&mut b.names[i] as *mut libc::sockaddr_storage).cast();
@@ -635,8 +855,8 @@ mod tests {
         let bound = bind(&config, 2).unwrap();
         assert_eq!(bound.sockets.len(), 2);
         let state = super::super::state::derive(None, Some(7), system_now(), true, -20);
-        let shared = Arc::new(Shared::new(state, config.access(), None));
-        let server = Server::start(bound, shared.clone()).unwrap();
+        let shared = Arc::new(Shared::new(state, config.access(), None, None));
+        let server = Server::start(bound.sockets, shared.clone()).unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         client
             .set_read_timeout(Some(Duration::from_secs(2)))

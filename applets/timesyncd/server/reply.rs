@@ -120,25 +120,18 @@ pub fn respond(
         Some(table) => table.check(from, now),
         None => Verdict::Serve,
     };
-    // The client's transmit timestamp comes back as our origin (RFC 5905
-    // §8): that is all a client uses to match the reply to its request.
-    out.fill(0);
-    out[24..32].copy_from_slice(&request[40..48]);
     match verdict {
         Verdict::Drop => return Outcome::Drop(Dropped::RateLimited),
         Verdict::Kiss => {
-            out[0] = (LEAP_UNSYNCHRONIZED << 6) | (version << 3) | MODE_SERVER;
-            out[1] = 0;
-            out[2] = request[2];
-            out[3] = state.precision as u8;
-            out[12..16].copy_from_slice(b"RATE");
-            // No time in a kiss: receive and transmit repeat the origin.
-            out.copy_within(24..32, 32);
-            out.copy_within(24..32, 40);
+            kiss(request, state.precision, b"RATE", out);
             return Outcome::Kiss;
         }
         Verdict::Serve => {}
     }
+    // The client's transmit timestamp comes back as our origin (RFC 5905
+    // §8): that is all a client uses to match the reply to its request.
+    out.fill(0);
+    out[24..32].copy_from_slice(&request[40..48]);
     let synced = state.synchronized();
     let (leap, stratum) = if synced {
         (state.leap & 3, state.stratum.clamp(1, 15))
@@ -161,6 +154,25 @@ pub fn respond(
     out[16..24].copy_from_slice(&state.reference_time.0.to_be_bytes());
     out[32..40].copy_from_slice(&receive.0.to_be_bytes());
     Outcome::Reply
+}
+
+/// A kiss-o'-death with `code` (RATE, or NTSN for NTS): leap 3, stratum 0,
+/// the request's version and poll, and no time: origin, receive and
+/// transmit all repeat the request's transmit timestamp. `request` is a
+/// client request [`respond`] accepted (48 bytes at least).
+pub fn kiss(request: &[u8], precision: i8, code: &[u8; 4], out: &mut [u8; HEADER_LEN]) {
+    out.fill(0);
+    let Some(header) = request.first_chunk::<HEADER_LEN>() else {
+        return;
+    };
+    let version = (header[0] >> 3) & 7;
+    out[0] = (LEAP_UNSYNCHRONIZED << 6) | (version << 3) | MODE_SERVER;
+    out[2] = header[2];
+    out[3] = precision as u8;
+    out[12..16].copy_from_slice(code);
+    for at in [24, 32, 40] {
+        out[at..at + 8].copy_from_slice(&header[40..48]);
+    }
 }
 
 /// Writes the transmit timestamp (T3) of a [`Outcome::Reply`]: the system
