@@ -174,15 +174,50 @@ pub fn wait_for_tcp_port(port: u16, timeout: Duration) {
         .unwrap_or_else(|| panic!("port {port} never opened"));
 }
 
-/// Whether namespace tests can run here (root and iproute2); says why not.
+/// Under CI=true nothing may be skipped: a missing peer or privilege fails
+/// the test, saying what is missing.
+pub fn skip_or_fail(why: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{why} (CI=true: tests may not skip)"
+    );
+    eprintln!("skipping: {why}");
+}
+
+/// Whether a program is on PATH.
+pub fn have_tool(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool} >/dev/null"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Whether a test must skip (true) because a peer program is missing,
+/// saying which; under CI=true a missing peer fails the test instead.
+pub fn missing_tools(tools: &[&str]) -> bool {
+    match tools.iter().find(|t| !have_tool(t)) {
+        Some(tool) => {
+            skip_or_fail(&format!(
+                "{tool} is not installed (scripts/test.sh installs it)"
+            ));
+            true
+        }
+        None => false,
+    }
+}
+
+/// Whether namespace tests can run here (root and iproute2); says why not,
+/// and fails instead under CI=true.
 pub fn require_root() -> bool {
     // SAFETY: plain getter.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs root for network namespaces");
+        skip_or_fail("needs root for network namespaces");
         return false;
     }
     if Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("skipping: iproute2 'ip' is not installed");
+        skip_or_fail("iproute2 'ip' is not installed");
         return false;
     }
     true
