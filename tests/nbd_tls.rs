@@ -448,3 +448,46 @@ fn before_starttls_options_get_tls_reqd_and_export_name_hangs_up() {
     let _ = client.sock.read_to_end(&mut rest);
     assert!(rest.is_empty(), "export data sent before TLS: {rest:?}");
 }
+
+#[test]
+fn several_exports_are_listed_and_served_over_tls_only() {
+    if missing_tools(&["openssl", "nbdinfo", "nbdcopy"]) {
+        return;
+    }
+    let dir = TempDir::new("nbd-tls-exports");
+    let pki = make_pki(&dir);
+    let img = image(&dir, 1 << 20);
+    let other = dir.path().join("other.img");
+    std::fs::write(&other, vec![0x5a; 2 << 20]).unwrap();
+    let spec = format!("other={},description=The other one", other.display());
+    let (_d, sock) = serve_tls(
+        &dir,
+        &pki,
+        "",
+        &[
+            "-e",
+            "4",
+            "-x",
+            "disk",
+            img.to_str().unwrap(),
+            "--export",
+            &spec,
+        ],
+    );
+    let list = ok(Command::new("nbdinfo").args(["--list", &nbds_unix(&sock, &pki)]));
+    assert!(list.contains("with TLS"), "{list}");
+    assert!(list.contains("export=\"disk\""), "{list}");
+    assert!(list.contains("export=\"other\""), "{list}");
+    assert!(list.contains("description: The other one"), "{list}");
+    let uri = nbds_unix(&sock, &pki).replace(":///?", ":///other?");
+    let copy = dir.path().join("copy.raw");
+    ok(Command::new("nbdcopy").arg(&uri).arg(&copy));
+    assert_eq!(std::fs::read(&copy).unwrap(), vec![0x5a; 2 << 20]);
+    // Without TLS the second export is as closed as the first.
+    let plain = format!("nbd+unix:///other?socket={}", sock.display());
+    let err = fails(Command::new("nbdinfo").arg(&plain));
+    assert!(
+        err.contains("TLS") || err.contains("not supported"),
+        "{err}"
+    );
+}
