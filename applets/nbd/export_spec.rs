@@ -53,12 +53,18 @@ impl fmt::Display for SpecError {
             SpecError::EmptyField => write!(f, "empty field (write ',,' for a comma)"),
             SpecError::UnknownKey(k) => write!(
                 f,
-                "unknown key '{k}' (known: description, readonly, format, allocation-depth)"
+                "unknown key '{}' (known: description, readonly, format, allocation-depth)",
+                one_line(k)
             ),
-            SpecError::RepeatedKey(k) => write!(f, "key '{k}' is given twice"),
-            SpecError::BadValue { key, value } => write!(f, "invalid value '{value}' for '{key}'"),
+            SpecError::RepeatedKey(k) => write!(f, "key '{}' is given twice", one_line(k)),
+            SpecError::BadValue { key, value } => write!(
+                f,
+                "invalid value '{}' for '{}'",
+                one_line(value),
+                one_line(key)
+            ),
             SpecError::UnknownFormat(v) => {
-                write!(f, "unknown format '{v}' (raw or qcow2)")
+                write!(f, "unknown format '{}' (raw or qcow2)", one_line(v))
             }
             SpecError::TooLong(what) => write!(f, "{what} is longer than {MAX_STRING} bytes"),
         }
@@ -66,6 +72,20 @@ impl fmt::Display for SpecError {
 }
 
 impl std::error::Error for SpecError {}
+
+/// Text from the command line as an error message shows it: control
+/// characters escaped (`\n`, `\u{1b}`), so the message stays one line.
+pub fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
 
 /// The fields of `text`, split at single commas, ",," kept as ','.
 fn fields(text: &str) -> Vec<String> {
@@ -231,5 +251,9 @@ mod tests {
         for e in [SpecError::NoFile, SpecError::UnknownKey("x".into())] {
             assert!(!e.to_string().contains('\n'));
         }
+        // Found by the nbd_export_spec fuzz target: a key with newlines in
+        // it made a message of many lines.
+        let err = parse("b=4,atigdept\n\nh").unwrap_err().to_string();
+        assert!(err.contains("unknown key 'atigdept\\n\\nh'"), "{err}");
     }
 }

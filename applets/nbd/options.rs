@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 
 use super::backend::qcow2::snapshot::Selector;
+use super::export_spec::one_line;
 use super::objects::{self, Endpoint, Object, X509Creds};
 use crate::service::{HostOptions, Launch};
 
@@ -662,7 +663,7 @@ fn export_configs(
     }
     for text in &args.exports {
         let spec = super::export_spec::parse(text)
-            .map_err(|e| format!("invalid --export '{text}': {e}"))?;
+            .map_err(|e| format!("invalid --export '{}': {e}", one_line(text)))?;
         exports.push(ExportConfig {
             name: spec.name,
             file: absolute(&spec.file)?,
@@ -679,7 +680,7 @@ fn export_configs(
         if exports[..i].iter().any(|e| e.name == export.name) {
             return Err(format!(
                 "export name '{}' is given twice (export names must be unique)",
-                export.name
+                one_line(&export.name)
             ));
         }
     }
