@@ -10,34 +10,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::nbd::{Chunk, RawClient, CMD_FLAG_PAYLOAD_LEN};
-use common::{run_with_timeout, toolbox, Daemon, TempDir};
+use common::{missing_tools, run_with_timeout, toolbox, Daemon, TempDir};
 
 const T: Duration = Duration::from_secs(60);
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool} >/dev/null"))
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// Skips (returns true) when a peer tool is missing, saying so; under
-/// CI=true a missing peer fails the test instead.
-fn missing(tools: &[&str]) -> bool {
-    for tool in tools {
-        if !have(tool) {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{tool} is not installed (scripts/test.sh installs it)"
-            );
-            eprintln!("skipping: {tool} is not installed (scripts/test.sh installs it)");
-            return true;
-        }
-    }
-    false
-}
 
 fn uri(sock: &Path) -> String {
     format!("nbd+unix:///?socket={}", sock.display())
@@ -74,7 +49,7 @@ fn checksum(path: &Path) -> Vec<u8> {
 
 #[test]
 fn qemu_img_reads_and_writes_over_unix_and_tcp() {
-    if missing(&["qemu-img"]) {
+    if missing_tools(&["qemu-img"]) {
         return;
     }
     let dir = TempDir::new("nbd-qemu-img");
@@ -118,7 +93,7 @@ fn qemu_img_reads_and_writes_over_unix_and_tcp() {
 
 #[test]
 fn nbdinfo_shows_size_description_and_holes() {
-    if missing(&["nbdinfo"]) {
+    if missing_tools(&["nbdinfo"]) {
         return;
     }
     let dir = TempDir::new("nbd-nbdinfo");
@@ -165,7 +140,7 @@ fn nbdinfo_shows_size_description_and_holes() {
 
 #[test]
 fn nbdcopy_round_trip_and_fio_verify() {
-    if missing(&["nbdcopy", "fio"]) {
+    if missing_tools(&["nbdcopy", "fio"]) {
         return;
     }
     let dir = TempDir::new("nbd-copy");
@@ -197,7 +172,7 @@ fn nbdcopy_round_trip_and_fio_verify() {
 
 #[test]
 fn read_only_export_rejects_writes_with_eperm() {
-    if missing(&["qemu-io"]) {
+    if missing_tools(&["qemu-io"]) {
         return;
     }
     let dir = TempDir::new("nbd-ro");
@@ -225,7 +200,7 @@ fn read_only_export_rejects_writes_with_eperm() {
 
 #[test]
 fn offset_exports_the_tail_of_the_image() {
-    if missing(&["qemu-img"]) {
+    if missing_tools(&["qemu-img"]) {
         return;
     }
     let dir = TempDir::new("nbd-offset");
@@ -248,7 +223,7 @@ fn offset_exports_the_tail_of_the_image() {
 
 #[test]
 fn snapshot_never_modifies_the_image() {
-    if missing(&["qemu-io"]) {
+    if missing_tools(&["qemu-io"]) {
         return;
     }
     let dir = TempDir::new("nbd-snap");
@@ -270,7 +245,7 @@ fn snapshot_never_modifies_the_image() {
 
 #[test]
 fn without_persistent_the_server_exits_after_the_last_client() {
-    if missing(&["nbdinfo"]) {
+    if missing_tools(&["nbdinfo"]) {
         return;
     }
     let dir = TempDir::new("nbd-oneshot");
@@ -508,7 +483,7 @@ fn check_partition(img: &Path, number: u32, start_sector: u64, sectors: u64) {
 
 #[test]
 fn partitions_mbr_primary_logical_and_gpt() {
-    if missing(&["sfdisk"]) {
+    if missing_tools(&["sfdisk"]) {
         return;
     }
     let dir = TempDir::new("nbd-part");
@@ -543,7 +518,7 @@ fn partitions_mbr_primary_logical_and_gpt() {
 
 #[test]
 fn list_mode_prints_what_qemu_nbd_prints() {
-    if missing(&["qemu-nbd"]) {
+    if missing_tools(&["qemu-nbd"]) {
         return;
     }
     let dir = TempDir::new("nbd-list");
@@ -578,7 +553,7 @@ fn allocated_bytes(path: &Path) -> u64 {
 
 #[test]
 fn trim_punches_holes_only_with_discard_unmap() {
-    if missing(&["qemu-io"]) {
+    if missing_tools(&["qemu-io"]) {
         return;
     }
     for (mode, expect_hole) in [("unmap", true), ("ignore", false)] {
@@ -718,7 +693,7 @@ fn block_status_of_length_zero_is_einval() {
     let d = descriptors(&chunk);
     assert!(!d.is_empty() && d.iter().all(|&(len, _)| len > 0), "{d:?}");
     // libnbd in strict mode, told to let a zero length through.
-    if missing(&["nbdsh"]) {
+    if missing_tools(&["nbdsh"]) {
         return;
     }
     let out = nbdsh(
@@ -896,7 +871,7 @@ fn negotiation_corners_are_answered_as_qemu_nbd_answers_them() {
     assert_eq!(c.option_reply().0, 0x8000_0009);
     assert!(closed(&mut c.sock));
 
-    if missing(&["qemu-nbd"]) {
+    if missing_tools(&["qemu-nbd"]) {
         return;
     }
     let qemu_sock = dir.path().join("qemu.sock");
@@ -913,7 +888,7 @@ fn negotiation_corners_are_answered_as_qemu_nbd_answers_them() {
 
 #[test]
 fn export_name_given_refuses_the_empty_name_as_qemu_nbd_does() {
-    if missing(&["nbdinfo", "qemu-img"]) {
+    if missing_tools(&["nbdinfo", "qemu-img"]) {
         return;
     }
     let dir = TempDir::new("nbd-name");
@@ -941,7 +916,7 @@ fn export_name_given_refuses_the_empty_name_as_qemu_nbd_does() {
 
 #[test]
 fn rotational_is_the_command_lines_to_correct() {
-    if missing(&["nbdinfo"]) {
+    if missing_tools(&["nbdinfo"]) {
         return;
     }
     for (mode, expect) in [("on", "true"), ("off", "false")] {
@@ -980,7 +955,7 @@ fn oversized_write_is_answered_only_after_its_payload() {
     assert_eq!(c.simple_reply(), (0, 75));
     c.read_check(0, 512, &data[..512]);
     // libnbd, which checks that every reply answers a request it sent.
-    if missing(&["nbdsh"]) {
+    if missing_tools(&["nbdsh"]) {
         return;
     }
     let out = nbdsh(
@@ -998,7 +973,7 @@ fn oversized_write_is_answered_only_after_its_payload() {
 
 #[test]
 fn extended_headers_with_qemu_io_nbdinfo_and_nbdcopy() {
-    if missing(&["qemu-io", "qemu-img", "nbdinfo", "nbdcopy"]) {
+    if missing_tools(&["qemu-io", "qemu-img", "nbdinfo", "nbdcopy"]) {
         return;
     }
     let dir = TempDir::new("nbd-ext");

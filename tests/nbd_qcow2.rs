@@ -9,25 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{run_with_timeout, toolbox, Daemon, TempDir};
+use common::{missing_tools, run_with_timeout, toolbox, Daemon, TempDir};
 
 const T: Duration = Duration::from_secs(60);
-
-fn missing(tools: &[&str]) -> bool {
-    for tool in tools {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool} >/dev/null"))
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !found {
-            eprintln!("skipping: {tool} is not installed (scripts/test.sh installs it)");
-            return true;
-        }
-    }
-    false
-}
 
 fn uri(sock: &Path) -> String {
     format!("nbd+unix:///?socket={}", sock.display())
@@ -135,7 +119,7 @@ fn filled_pair(dir: &Path, name: &str, options: &str) -> (PathBuf, PathBuf) {
 
 #[test]
 fn v2_and_v3_images_of_every_cluster_size_read_and_write_like_raw() {
-    if missing(&["qemu-img", "qemu-io"]) {
+    if missing_tools(&["qemu-img", "qemu-io"]) {
         return;
     }
     let dir = TempDir::new("q2-rw");
@@ -163,7 +147,7 @@ fn v2_and_v3_images_of_every_cluster_size_read_and_write_like_raw() {
 
 #[test]
 fn refcount_table_and_blocks_grow_with_small_clusters_and_wide_counts() {
-    if missing(&["qemu-img", "qemu-io"]) {
+    if missing_tools(&["qemu-img", "qemu-io"]) {
         return;
     }
     let dir = TempDir::new("q2-grow");
@@ -191,7 +175,7 @@ fn refcount_table_and_blocks_grow_with_small_clusters_and_wide_counts() {
 
 #[test]
 fn backing_chain_of_three_reads_through_and_writes_only_the_top() {
-    if missing(&["qemu-img", "qemu-io", "nbdinfo"]) {
+    if missing_tools(&["qemu-img", "qemu-io", "nbdinfo"]) {
         return;
     }
     let dir = TempDir::new("q2-chain");
@@ -279,7 +263,7 @@ fn top_of_chain_reads_through_and_takes_the_writes(dir: &Path, top: &Path, below
 
 #[test]
 fn compressed_clusters_read_and_are_rewritten_on_write() {
-    if missing(&["qemu-img", "qemu-io"]) {
+    if missing_tools(&["qemu-img", "qemu-io"]) {
         return;
     }
     let dir = TempDir::new("q2-zip");
@@ -330,7 +314,7 @@ fn compressed_clusters_read_and_are_rewritten_on_write() {
 
 #[test]
 fn internal_snapshots_load_read_only_and_survive_writes() {
-    if missing(&["qemu-img", "qemu-io"]) {
+    if missing_tools(&["qemu-img", "qemu-io"]) {
         return;
     }
     let dir = TempDir::new("q2-snap");
@@ -398,7 +382,7 @@ fn internal_snapshots_load_read_only_and_survive_writes() {
 
 #[test]
 fn fio_write_verify_then_image_checks_clean() {
-    if missing(&["qemu-img", "fio"]) {
+    if missing_tools(&["qemu-img", "fio"]) {
         return;
     }
     let dir = TempDir::new("q2-fio");
@@ -428,7 +412,7 @@ fn fio_write_verify_then_image_checks_clean() {
 
 #[test]
 fn killed_server_leaves_an_image_that_checks_or_repairs_clean() {
-    if missing(&["qemu-img", "qemu-io"]) {
+    if missing_tools(&["qemu-img", "qemu-io"]) {
         return;
     }
     let dir = TempDir::new("q2-kill");
@@ -454,7 +438,7 @@ fn killed_server_leaves_an_image_that_checks_or_repairs_clean() {
 
 #[test]
 fn dirty_image_with_stale_refcounts_is_repaired_at_open() {
-    if missing(&["qemu-img", "qemu-io"]) {
+    if missing_tools(&["qemu-img", "qemu-io"]) {
         return;
     }
     let dir = TempDir::new("q2-dirty");
@@ -482,7 +466,7 @@ fn dirty_image_with_stale_refcounts_is_repaired_at_open() {
 
 #[test]
 fn snapshot_overlay_and_forced_raw_leave_a_qcow2_image_untouched() {
-    if missing(&["qemu-img", "qemu-io"]) {
+    if missing_tools(&["qemu-img", "qemu-io"]) {
         return;
     }
     let dir = TempDir::new("q2-s");
@@ -537,7 +521,7 @@ fn refused_at_open(img: &Path, needle: &str) {
 
 #[test]
 fn corrupted_images_fail_with_a_clear_error_or_eio() {
-    if missing(&["qemu-img", "qemu-io"]) {
+    if missing_tools(&["qemu-img", "qemu-io"]) {
         return;
     }
     let dir = TempDir::new("q2-bad");
@@ -627,7 +611,7 @@ fn corrupted_images_fail_with_a_clear_error_or_eio() {
 
 #[test]
 fn backing_loops_are_refused_and_unnamed_formats_probed() {
-    if missing(&["qemu-img", "qemu-io"]) {
+    if missing_tools(&["qemu-img", "qemu-io"]) {
         return;
     }
     let dir = TempDir::new("q2-probe");
@@ -679,7 +663,7 @@ fn backing_loops_are_refused_and_unnamed_formats_probed() {
 
 #[test]
 fn unsupported_features_are_refused_by_name() {
-    if missing(&["qemu-img"]) {
+    if missing_tools(&["qemu-img"]) {
         return;
     }
     let dir = TempDir::new("q2-unsup");

@@ -8,29 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{run_with_timeout, toolbox, Daemon, TempDir};
+use common::{missing_tools, run_with_timeout, toolbox, Daemon, TempDir};
 
 const T: Duration = Duration::from_secs(60);
-
-fn missing(tools: &[&str]) -> bool {
-    for tool in tools {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool} >/dev/null"))
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !found {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{tool} is not installed (scripts/test.sh installs it)"
-            );
-            eprintln!("skipping: {tool} is not installed (scripts/test.sh installs it)");
-            return true;
-        }
-    }
-    false
-}
 
 fn ok(cmd: &mut Command) -> String {
     let out = run_with_timeout(cmd, T);
@@ -173,7 +153,7 @@ fn nbds_unix(sock: &Path, certs: &Path) -> String {
 
 #[test]
 fn qemu_img_info_convert_and_compare_over_tls() {
-    if missing(&["openssl", "qemu-img"]) {
+    if missing_tools(&["openssl", "qemu-img"]) {
         return;
     }
     let dir = TempDir::new("nbd-tls-qemu");
@@ -226,7 +206,7 @@ fn qemu_img_info_convert_and_compare_over_tls() {
 
 #[test]
 fn nbdinfo_and_nbdcopy_over_tls_on_unix_and_tcp() {
-    if missing(&["openssl", "nbdinfo", "nbdcopy"]) {
+    if missing_tools(&["openssl", "nbdinfo", "nbdcopy"]) {
         return;
     }
     let dir = TempDir::new("nbd-tls-libnbd");
@@ -273,7 +253,7 @@ fn nbdinfo_and_nbdcopy_over_tls_on_unix_and_tcp() {
 
 #[test]
 fn verify_peer_requires_a_client_certificate_and_authz_checks_its_name() {
-    if missing(&["openssl", "nbdinfo"]) {
+    if missing_tools(&["openssl", "nbdinfo"]) {
         return;
     }
     let dir = TempDir::new("nbd-tls-verify");
@@ -320,7 +300,7 @@ fn verify_peer_requires_a_client_certificate_and_authz_checks_its_name() {
 
 #[test]
 fn a_client_stalled_in_the_tls_handshake_gives_its_slot_back() {
-    if missing(&["openssl", "nbdinfo"]) {
+    if missing_tools(&["openssl", "nbdinfo"]) {
         return;
     }
     let dir = TempDir::new("nbd-tls-stall");
@@ -347,7 +327,7 @@ fn a_client_stalled_in_the_tls_handshake_gives_its_slot_back() {
 
 #[test]
 fn bad_credentials_and_impossible_combinations_fail_at_start_in_one_line() {
-    if missing(&["openssl"]) {
+    if missing_tools(&["openssl"]) {
         return;
     }
     let dir = TempDir::new("nbd-tls-bad");
@@ -391,7 +371,7 @@ fn bad_credentials_and_impossible_combinations_fail_at_start_in_one_line() {
 
 #[test]
 fn list_over_tls_checks_the_server_name() {
-    if missing(&["openssl"]) {
+    if missing_tools(&["openssl"]) {
         return;
     }
     let dir = TempDir::new("nbd-tls-list");
@@ -443,7 +423,7 @@ fn list_over_tls_checks_the_server_name() {
 
 #[test]
 fn before_starttls_options_get_tls_reqd_and_export_name_hangs_up() {
-    if missing(&["openssl"]) {
+    if missing_tools(&["openssl"]) {
         return;
     }
     use std::io::Read;
@@ -467,4 +447,47 @@ fn before_starttls_options_get_tls_reqd_and_export_name_hangs_up() {
     let mut rest = Vec::new();
     let _ = client.sock.read_to_end(&mut rest);
     assert!(rest.is_empty(), "export data sent before TLS: {rest:?}");
+}
+
+#[test]
+fn several_exports_are_listed_and_served_over_tls_only() {
+    if missing_tools(&["openssl", "nbdinfo", "nbdcopy"]) {
+        return;
+    }
+    let dir = TempDir::new("nbd-tls-exports");
+    let pki = make_pki(&dir);
+    let img = image(&dir, 1 << 20);
+    let other = dir.path().join("other.img");
+    std::fs::write(&other, vec![0x5a; 2 << 20]).unwrap();
+    let spec = format!("other={},description=The other one", other.display());
+    let (_d, sock) = serve_tls(
+        &dir,
+        &pki,
+        "",
+        &[
+            "-e",
+            "4",
+            "-x",
+            "disk",
+            img.to_str().unwrap(),
+            "--export",
+            &spec,
+        ],
+    );
+    let list = ok(Command::new("nbdinfo").args(["--list", &nbds_unix(&sock, &pki)]));
+    assert!(list.contains("with TLS"), "{list}");
+    assert!(list.contains("export=\"disk\""), "{list}");
+    assert!(list.contains("export=\"other\""), "{list}");
+    assert!(list.contains("description: The other one"), "{list}");
+    let uri = nbds_unix(&sock, &pki).replace(":///?", ":///other?");
+    let copy = dir.path().join("copy.raw");
+    ok(Command::new("nbdcopy").arg(&uri).arg(&copy));
+    assert_eq!(std::fs::read(&copy).unwrap(), vec![0x5a; 2 << 20]);
+    // Without TLS the second export is as closed as the first.
+    let plain = format!("nbd+unix:///other?socket={}", sock.display());
+    let err = fails(Command::new("nbdinfo").arg(&plain));
+    assert!(
+        err.contains("TLS") || err.contains("not supported"),
+        "{err}"
+    );
 }

@@ -823,7 +823,7 @@ pub(super) mod testing {
     use std::os::unix::net::UnixStream;
     use std::sync::Arc;
 
-    use crate::nbd::export::Export;
+    use crate::nbd::export::{Export, Exports};
     use crate::nbd::negotiate::{negotiate, Negotiated};
 
     pub use crate::nbd::backend::testing::Zeroes;
@@ -836,6 +836,7 @@ pub(super) mod testing {
             read_only: false,
             multi_conn: true,
             rotational: false,
+            allocation_depth: false,
         }
     }
 
@@ -853,7 +854,7 @@ pub(super) mod testing {
                 stream.set_nonblocking(true).map_err(|e| e.to_string())?;
                 let mut stream =
                     tokio::net::UnixStream::from_std(stream).map_err(|e| e.to_string())?;
-                negotiate(&mut stream, &export)
+                negotiate(&mut stream, &Exports::single(export))
                     .await
                     .map_err(|refused| format!("{refused:?}"))
             })
@@ -867,7 +868,7 @@ mod tests {
     use super::*;
     use crate::nbd::export::{MAX_PAYLOAD, MIN_BLOCK, PREFERRED_BLOCK};
     use crate::nbd::negotiate::Negotiated;
-    use crate::nbd::options::{CacheMode, Mode, Window};
+    use crate::nbd::options::{CacheMode, Mode};
 
     /// A server that says pre-scripted bytes and records what the client sent.
     struct Scripted {
@@ -964,7 +965,8 @@ mod tests {
             negotiated,
             Negotiated {
                 style: ReplyStyle::Simple,
-                base_allocation: false,
+                contexts: Default::default(),
+                export: 0,
             }
         );
     }
@@ -1010,19 +1012,14 @@ mod tests {
             listen: Listen::Unix(path.to_path_buf()),
             shared: 1,
             persistent: false,
-            export_name: String::new(),
-            description: None,
+            exports: Vec::new(),
+            empty_name_is_default: false,
             handshake_limit: None,
-            window: Window::Whole,
-            read_only: false,
-            snapshot: false,
             cache: CacheMode::parse("writeback").expect("cache mode"),
             discard_unmap: false,
             rotational: None,
             verbose: 0,
             fork: false,
-            format: None,
-            load_snapshot: None,
             pid_file: None,
             tls: None,
         }

@@ -22,6 +22,8 @@ pub struct Export {
     /// NBD_FLAG_ROTATIONAL: the backing device's own flag unless the
     /// command line (`--rotational`) says otherwise.
     pub rotational: bool,
+    /// The qemu:allocation-depth metadata context is offered (`-A`).
+    pub allocation_depth: bool,
 }
 
 impl Export {
@@ -30,8 +32,8 @@ impl Export {
     }
 
     /// The transmission flags, truthfully, for a connection with this reply
-    /// style that has (or has not) selected base:allocation.
-    pub fn transmission_flags(&self, style: ReplyStyle, base_allocation: bool) -> u16 {
+    /// style that has (or has not) selected a metadata context.
+    pub fn transmission_flags(&self, style: ReplyStyle, any_context: bool) -> u16 {
         let mut flags = TFLAG_HAS_FLAGS | TFLAG_SEND_CACHE | TFLAG_SEND_FLUSH;
         if self.read_only {
             flags |= TFLAG_READ_ONLY;
@@ -44,7 +46,7 @@ impl Export {
         if style != ReplyStyle::Simple {
             flags |= TFLAG_SEND_DF;
         }
-        if style == ReplyStyle::Extended && base_allocation {
+        if style == ReplyStyle::Extended && any_context {
             flags |= TFLAG_BLOCK_STATUS_PAYLOAD;
         }
         if self.multi_conn {
@@ -56,9 +58,49 @@ impl Export {
         flags
     }
 
-    /// Whether a client asking for `name` means this export. As with
-    /// qemu-nbd, "" is the default name only when `-x` did not give another.
+    /// Whether a client asking for `name` means this export by its name.
     pub fn matches(&self, name: &[u8]) -> bool {
         name == self.name.as_bytes()
+    }
+}
+
+/// Every export of one server, in command-line order; the first is the
+/// default one.
+pub struct Exports {
+    list: Vec<Arc<Export>>,
+    /// Whether the empty name stands for the default export when no export
+    /// is called "". qemu-nbd's single export (FILE with `-x`) answers only
+    /// to its name; with `--export` the empty name means the default, as
+    /// nbdkit's "" does.
+    empty_is_default: bool,
+}
+
+impl Exports {
+    /// Exports with unique names (the command line checked them), at least one.
+    pub fn new(list: Vec<Arc<Export>>, empty_is_default: bool) -> Exports {
+        Exports {
+            list,
+            empty_is_default,
+        }
+    }
+
+    /// qemu-nbd's one export.
+    pub fn single(export: Export) -> Exports {
+        Exports::new(vec![Arc::new(export)], false)
+    }
+
+    pub fn all(&self) -> &[Arc<Export>] {
+        &self.list
+    }
+
+    /// The export a client asking for `name` means: its index.
+    pub fn find(&self, name: &[u8]) -> Option<usize> {
+        self.list.iter().position(|e| e.matches(name)).or_else(|| {
+            (name.is_empty() && self.empty_is_default && !self.list.is_empty()).then_some(0)
+        })
+    }
+
+    pub fn get(&self, index: usize) -> Option<&Arc<Export>> {
+        self.list.get(index)
     }
 }

@@ -4,7 +4,7 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::export::{Export, MAX_PAYLOAD, MIN_BLOCK, PREFERRED_BLOCK};
+use super::export::{Export, Exports, MAX_PAYLOAD, MIN_BLOCK, PREFERRED_BLOCK};
 use super::proto::*;
 
 /// Largest option payload read and parsed. Longer ones, up to
@@ -15,12 +15,27 @@ pub const MAX_OPTION_LEN: u32 = 64 * 1024;
 /// Most option bytes read and discarded to stay in step with a client.
 pub const MAX_OPTION_DRAIN: u32 = 32 << 20;
 
+/// The metadata contexts selected with NBD_OPT_SET_META_CONTEXT.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetaContexts {
+    pub base_allocation: bool,
+    /// qemu:allocation-depth (only when the export offers it).
+    pub allocation_depth: bool,
+}
+
+impl MetaContexts {
+    pub fn any(self) -> bool {
+        self.base_allocation || self.allocation_depth
+    }
+}
+
 /// What the client and we agreed on for the transmission phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Negotiated {
     pub style: ReplyStyle,
-    /// base:allocation was selected with NBD_OPT_SET_META_CONTEXT.
-    pub base_allocation: bool,
+    pub contexts: MetaContexts,
+    /// The export picked: its index in [`Exports`].
+    pub export: usize,
 }
 
 /// Why negotiation ended without a transmission phase.
@@ -53,9 +68,13 @@ enum Tls {
     Active,
 }
 
+#[derive(Clone)]
 struct State {
     style: ReplyStyle,
-    base_allocation: bool,
+    contexts: MetaContexts,
+    /// The export `contexts` were selected for: they hold for it alone
+    /// (qemu-nbd drops them when the client then picks another).
+    contexts_for: Option<usize>,
     no_zeroes: bool,
     /// The client set NBD_FLAG_C_FIXED_NEWSTYLE; without it only
     /// NBD_OPT_EXPORT_NAME is understood.
@@ -86,12 +105,12 @@ pub enum Phase {
 }
 
 /// Negotiation without TLS: greeting, then options until the export is picked.
-pub async fn negotiate<S>(stream: &mut S, export: &Export) -> Result<Negotiated, Refused>
+pub async fn negotiate<S>(stream: &mut S, exports: &Exports) -> Result<Negotiated, Refused>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut phase = greet(stream, false).await?;
-    match options(stream, export, &mut phase).await? {
+    match options(stream, exports, &mut phase).await? {
         Phase::Transmit(n) => Ok(n),
         Phase::StartTls => Err(Refused::Failed("TLS was not offered".into())),
     }
@@ -119,7 +138,8 @@ where
     Ok(OptionPhase {
         state: State {
             style: ReplyStyle::Simple,
-            base_allocation: false,
+            contexts: MetaContexts::default(),
+            contexts_for: None,
             no_zeroes: client_flags & FLAG_C_NO_ZEROES != 0,
             fixed: client_flags & FLAG_C_FIXED_NEWSTYLE != 0,
             tls: if tls_required {
@@ -134,7 +154,7 @@ where
 /// Serves options until the client picks the export, asks for TLS, or leaves.
 pub async fn options<S>(
     stream: &mut S,
-    export: &Export,
+    exports: &Exports,
     phase: &mut OptionPhase,
 ) -> Result<Phase, Refused>
 where
@@ -158,7 +178,7 @@ where
         } else {
             let mut data = vec![0u8; len as usize];
             stream.read_exact(&mut data).await?;
-            handle_option(option, &data, export, state, &mut out)
+            handle_option(option, &data, exports, state, &mut out)
         };
         stream.write_all(&out).await?;
         match outcome {
@@ -169,11 +189,12 @@ where
                 stream.flush().await?;
                 return Ok(Phase::StartTls);
             }
-            Next::Transmit => {
+            Next::Transmit(export) => {
                 stream.flush().await?;
                 return Ok(Phase::Transmit(Negotiated {
                     style: state.style,
-                    base_allocation: state.base_allocation,
+                    contexts: state.contexts,
+                    export,
                 }));
             }
         }
@@ -182,7 +203,8 @@ where
 
 enum Next {
     Continue,
-    Transmit,
+    /// The transmission phase on the export with this index.
+    Transmit(usize),
     StartTls,
     Abort,
     Fail(String),
@@ -238,7 +260,7 @@ fn error_reply(out: &mut Vec<u8>, option: u32, error: u32, message: &str) {
 fn handle_option(
     option: u32,
     data: &[u8],
-    export: &Export,
+    exports: &Exports,
     state: &mut State,
     out: &mut Vec<u8>,
 ) -> Next {
@@ -262,22 +284,23 @@ fn handle_option(
                 // Its answer has no way to say so; qemu-nbd hangs up too.
                 return Next::Fail("NBD_OPT_EXPORT_NAME after extended headers".into());
             }
-            if !export.matches(data) {
+            let Some((index, export)) = lookup(exports, data) else {
                 return Next::Fail(format!(
                     "client asked for unknown export '{}'",
                     String::from_utf8_lossy(data)
                 ));
-            }
+            };
+            state.pick(index);
             out.extend_from_slice(&export.size().to_be_bytes());
             out.extend_from_slice(
                 &export
-                    .transmission_flags(state.style, state.base_allocation)
+                    .transmission_flags(state.style, state.contexts.any())
                     .to_be_bytes(),
             );
             if !state.no_zeroes {
                 out.extend_from_slice(&[0u8; 124]);
             }
-            Next::Transmit
+            Next::Transmit(index)
         }
         OPT_ABORT => {
             put_option_reply(out, option, REP_ACK, 0);
@@ -288,21 +311,25 @@ fn handle_option(
                 error_reply(out, option, REP_ERR_INVALID, "NBD_OPT_LIST takes no data");
                 return Next::Continue;
             }
-            let name = export.name.as_bytes();
-            let desc = export.description.as_deref().unwrap_or("").as_bytes();
-            put_option_reply(
-                out,
-                option,
-                REP_SERVER,
-                (4 + name.len() + desc.len()) as u32,
-            );
-            out.extend_from_slice(&(name.len() as u32).to_be_bytes());
-            out.extend_from_slice(name);
-            out.extend_from_slice(desc);
+            // One entry per export, its description as the entry's
+            // details (as qemu-nbd sends it).
+            for export in exports.all() {
+                let name = export.name.as_bytes();
+                let desc = export.description.as_deref().unwrap_or("").as_bytes();
+                put_option_reply(
+                    out,
+                    option,
+                    REP_SERVER,
+                    (4 + name.len() + desc.len()) as u32,
+                );
+                out.extend_from_slice(&(name.len() as u32).to_be_bytes());
+                out.extend_from_slice(name);
+                out.extend_from_slice(desc);
+            }
             put_option_reply(out, option, REP_ACK, 0);
             Next::Continue
         }
-        OPT_INFO | OPT_GO => info_or_go(option, data, export, state, out),
+        OPT_INFO | OPT_GO => info_or_go(option, data, exports, state, out),
         OPT_STRUCTURED_REPLY => {
             if !data.is_empty() {
                 error_reply(out, option, REP_ERR_INVALID, "option takes no data");
@@ -343,7 +370,7 @@ fn handle_option(
             Next::Continue
         }
         OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
-            meta_context(option, data, export, state, out);
+            meta_context(option, data, exports, state, out);
             Next::Continue
         }
         OPT_STARTTLS => match state.tls {
@@ -376,10 +403,35 @@ fn handle_option(
     }
 }
 
+impl State {
+    /// The client picked export `index`: contexts selected for another
+    /// export do not carry over.
+    fn pick(&mut self, index: usize) {
+        if self.contexts_for != Some(index) {
+            self.contexts = MetaContexts::default();
+        }
+    }
+
+    /// The contexts that hold for export `index`.
+    fn contexts_of(&self, index: usize) -> MetaContexts {
+        if self.contexts_for == Some(index) {
+            self.contexts
+        } else {
+            MetaContexts::default()
+        }
+    }
+}
+
+/// The export a client's name means, with its index.
+fn lookup<'a>(exports: &'a Exports, name: &[u8]) -> Option<(usize, &'a Export)> {
+    let index = exports.find(name)?;
+    exports.get(index).map(|e| (index, &**e))
+}
+
 fn info_or_go(
     option: u32,
     data: &[u8],
-    export: &Export,
+    exports: &Exports,
     state: &mut State,
     out: &mut Vec<u8>,
 ) -> Next {
@@ -397,10 +449,10 @@ fn info_or_go(
         error_reply(out, option, REP_ERR_INVALID, "malformed NBD_OPT_INFO/GO");
         return Next::Continue;
     };
-    if !export.matches(name) {
+    let Some((index, export)) = lookup(exports, name) else {
         error_reply(out, option, REP_ERR_UNKNOWN, "export not found");
         return Next::Continue;
-    }
+    };
     if requests.contains(&INFO_NAME) {
         let n = export.name.as_bytes();
         put_option_reply(out, option, REP_INFO, 2 + n.len() as u32);
@@ -422,18 +474,54 @@ fn info_or_go(
     out.extend_from_slice(&export.size().to_be_bytes());
     out.extend_from_slice(
         &export
-            .transmission_flags(state.style, state.base_allocation)
+            .transmission_flags(state.style, state.contexts_of(index).any())
             .to_be_bytes(),
     );
     put_option_reply(out, option, REP_ACK, 0);
     if option == OPT_GO {
-        Next::Transmit
+        state.pick(index);
+        Next::Transmit(index)
     } else {
         Next::Continue
     }
 }
 
-fn meta_context(option: u32, data: &[u8], export: &Export, state: &mut State, out: &mut Vec<u8>) {
+/// Every metadata context we know, with the id a selection gets.
+const CONTEXTS: [(&str, u32); 2] = [
+    (BASE_ALLOCATION, BASE_ALLOCATION_ID),
+    (ALLOCATION_DEPTH, ALLOCATION_DEPTH_ID),
+];
+
+impl MetaContexts {
+    /// Whether `export` offers the context with this id.
+    fn offered(export: &Export, id: u32) -> bool {
+        match id {
+            BASE_ALLOCATION_ID => true,
+            ALLOCATION_DEPTH_ID => export.allocation_depth,
+            _ => false,
+        }
+    }
+
+    fn select(&mut self, id: u32) {
+        match id {
+            BASE_ALLOCATION_ID => self.base_allocation = true,
+            ALLOCATION_DEPTH_ID => self.allocation_depth = true,
+            _ => {}
+        }
+    }
+}
+
+/// Whether a query names `context`: exactly, or (listing) by its
+/// namespace ("base:") or by nothing at all.
+fn query_names(query: &[u8], context: &str, listing: bool) -> bool {
+    if query == context.as_bytes() {
+        return true;
+    }
+    let namespace = context.split_once(':').map_or(context, |(ns, _)| ns);
+    listing && (query.is_empty() || query.strip_suffix(b":") == Some(namespace.as_bytes()))
+}
+
+fn meta_context(option: u32, data: &[u8], exports: &Exports, state: &mut State, out: &mut Vec<u8>) {
     if state.style == ReplyStyle::Simple {
         error_reply(
             out,
@@ -462,31 +550,28 @@ fn meta_context(option: u32, data: &[u8], export: &Export, state: &mut State, ou
         );
         return;
     };
-    if !export.matches(name) {
+    // The contexts are those of the export this option names.
+    let Some((index, export)) = lookup(exports, name) else {
         error_reply(out, option, REP_ERR_UNKNOWN, "export not found");
         return;
-    }
-    let listing = option == OPT_LIST_META_CONTEXT;
-    let wanted = if listing && queries.is_empty() {
-        true
-    } else {
-        queries.iter().any(|q| {
-            *q == BASE_ALLOCATION.as_bytes() || (listing && (*q == b"base:" || q.is_empty()))
-        })
     };
-    if option == OPT_SET_META_CONTEXT {
-        state.base_allocation = wanted;
-    }
-    if wanted {
-        let id = if listing { 0 } else { BASE_ALLOCATION_ID };
-        put_option_reply(
-            out,
-            option,
-            REP_META_CONTEXT,
-            4 + BASE_ALLOCATION.len() as u32,
-        );
+    let listing = option == OPT_LIST_META_CONTEXT;
+    let mut selected = MetaContexts::default();
+    for (context, id) in CONTEXTS {
+        let wanted = (listing && queries.is_empty())
+            || queries.iter().any(|q| query_names(q, context, listing));
+        if !wanted || !MetaContexts::offered(export, id) {
+            continue;
+        }
+        selected.select(id);
+        let id = if listing { 0 } else { id };
+        put_option_reply(out, option, REP_META_CONTEXT, 4 + context.len() as u32);
         out.extend_from_slice(&id.to_be_bytes());
-        out.extend_from_slice(BASE_ALLOCATION.as_bytes());
+        out.extend_from_slice(context.as_bytes());
+    }
+    if option == OPT_SET_META_CONTEXT {
+        state.contexts = selected;
+        state.contexts_for = Some(index);
     }
     put_option_reply(out, option, REP_ACK, 0);
 }
@@ -497,7 +582,7 @@ mod tests {
     use crate::nbd::backend::testing::Zeroes;
     use std::sync::Arc;
 
-    fn export() -> Export {
+    fn disk() -> Export {
         Export {
             name: "disk".into(),
             description: Some("a disk".into()),
@@ -505,13 +590,19 @@ mod tests {
             read_only: false,
             multi_conn: true,
             rotational: false,
+            allocation_depth: false,
         }
+    }
+
+    fn export() -> Exports {
+        Exports::single(disk())
     }
 
     fn state() -> State {
         State {
             style: ReplyStyle::Simple,
-            base_allocation: false,
+            contexts: MetaContexts::default(),
+            contexts_for: None,
             no_zeroes: true,
             fixed: true,
             tls: Tls::Off,
@@ -541,6 +632,208 @@ mod tests {
         d
     }
 
+    /// Three exports: "disk" (the default), "b" with allocation depth, "c".
+    fn three(empty_is_default: bool) -> Exports {
+        let named = |name: &str, depth: bool| {
+            Arc::new(Export {
+                name: name.into(),
+                description: Some(format!("export {name}")),
+                allocation_depth: depth,
+                ..disk()
+            })
+        };
+        Exports::new(
+            vec![named("disk", false), named("b", true), named("c", false)],
+            empty_is_default,
+        )
+    }
+
+    fn meta_request(name: &[u8], queries: &[&[u8]]) -> Vec<u8> {
+        let mut d = (name.len() as u32).to_be_bytes().to_vec();
+        d.extend_from_slice(name);
+        d.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+        for q in queries {
+            d.extend_from_slice(&(q.len() as u32).to_be_bytes());
+            d.extend_from_slice(q);
+        }
+        d
+    }
+
+    /// (reply type, data) of each reply in `out`.
+    fn replies(out: &[u8]) -> Vec<(u32, Vec<u8>)> {
+        let mut all = Vec::new();
+        let mut r = Reader::new(out);
+        while r.remaining() > 0 {
+            r.u64();
+            r.u32();
+            let kind = r.u32().unwrap();
+            let len = r.u32().unwrap() as usize;
+            all.push((kind, r.bytes(len).unwrap().to_vec()));
+        }
+        all
+    }
+
+    #[test]
+    fn list_names_every_export_with_its_description() {
+        let mut out = Vec::new();
+        handle_option(OPT_LIST, &[], &three(true), &mut state(), &mut out);
+        let got = replies(&out);
+        assert_eq!(got.len(), 4);
+        let mut b = 1u32.to_be_bytes().to_vec();
+        b.extend_from_slice(b"bexport b");
+        assert_eq!(got[1], (REP_SERVER, b));
+        assert_eq!(got[3].0, REP_ACK);
+    }
+
+    #[test]
+    fn go_and_export_name_pick_the_export_by_name() {
+        let exports = three(true);
+        for (name, index) in [(&b"disk"[..], 0), (b"b", 1), (b"c", 2), (b"", 0)] {
+            let mut out = Vec::new();
+            let next = handle_option(
+                OPT_GO,
+                &go_request(name, &[INFO_DESCRIPTION]),
+                &exports,
+                &mut state(),
+                &mut out,
+            );
+            assert!(matches!(next, Next::Transmit(i) if i == index), "{name:?}");
+            let desc = replies(&out)
+                .into_iter()
+                .find(|(k, d)| *k == REP_INFO && d[..2] == INFO_DESCRIPTION.to_be_bytes())
+                .unwrap();
+            let want = format!("export {}", ["disk", "b", "c"][index]);
+            assert_eq!(&desc.1[2..], want.as_bytes());
+            let mut out = Vec::new();
+            let next = handle_option(OPT_EXPORT_NAME, name, &exports, &mut state(), &mut out);
+            assert!(matches!(next, Next::Transmit(i) if i == index));
+        }
+        let mut out = Vec::new();
+        let next = handle_option(
+            OPT_INFO,
+            &go_request(b"nope", &[]),
+            &exports,
+            &mut state(),
+            &mut out,
+        );
+        assert!(matches!(next, Next::Continue));
+        assert_eq!(reply_types(&out), vec![REP_ERR_UNKNOWN]);
+        // Without --export the empty name is only an export's own name.
+        let mut out = Vec::new();
+        handle_option(
+            OPT_GO,
+            &go_request(b"", &[]),
+            &three(false),
+            &mut state(),
+            &mut out,
+        );
+        assert_eq!(reply_types(&out), vec![REP_ERR_UNKNOWN]);
+    }
+
+    #[test]
+    fn meta_contexts_are_those_of_the_export_named() {
+        let exports = three(true);
+        let mut st = state();
+        st.style = ReplyStyle::Structured;
+        let contexts = |out: &[u8]| -> Vec<(u32, String)> {
+            replies(out)
+                .into_iter()
+                .filter(|(k, _)| *k == REP_META_CONTEXT)
+                .map(|(_, d)| {
+                    let id = u32::from_be_bytes(d[..4].try_into().unwrap());
+                    (id, String::from_utf8_lossy(&d[4..]).into_owned())
+                })
+                .collect()
+        };
+        // Listing everything: "b" offers the depth, "disk" does not.
+        let mut out = Vec::new();
+        handle_option(
+            OPT_LIST_META_CONTEXT,
+            &meta_request(b"b", &[]),
+            &exports,
+            &mut st,
+            &mut out,
+        );
+        assert_eq!(
+            contexts(&out),
+            [(0, BASE_ALLOCATION.into()), (0, ALLOCATION_DEPTH.into())]
+        );
+        let mut out = Vec::new();
+        handle_option(
+            OPT_LIST_META_CONTEXT,
+            &meta_request(b"disk", &[]),
+            &exports,
+            &mut st,
+            &mut out,
+        );
+        assert_eq!(contexts(&out), [(0, BASE_ALLOCATION.into())]);
+        let mut out = Vec::new();
+        handle_option(
+            OPT_LIST_META_CONTEXT,
+            &meta_request(b"b", &[b"qemu:"]),
+            &exports,
+            &mut st,
+            &mut out,
+        );
+        assert_eq!(contexts(&out), [(0, ALLOCATION_DEPTH.into())]);
+        let mut out = Vec::new();
+        handle_option(
+            OPT_SET_META_CONTEXT,
+            &meta_request(b"nope", &[]),
+            &exports,
+            &mut st,
+            &mut out,
+        );
+        assert_eq!(reply_types(&out), vec![REP_ERR_UNKNOWN]);
+        // Selecting both on "b", then going to "b", keeps both.
+        let both: [&[u8]; 2] = [BASE_ALLOCATION.as_bytes(), ALLOCATION_DEPTH.as_bytes()];
+        let mut out = Vec::new();
+        handle_option(
+            OPT_SET_META_CONTEXT,
+            &meta_request(b"b", &both),
+            &exports,
+            &mut st,
+            &mut out,
+        );
+        assert_eq!(
+            contexts(&out),
+            [
+                (BASE_ALLOCATION_ID, BASE_ALLOCATION.into()),
+                (ALLOCATION_DEPTH_ID, ALLOCATION_DEPTH.into())
+            ]
+        );
+        let mut go_b = st.clone();
+        let mut out = Vec::new();
+        handle_option(
+            OPT_GO,
+            &go_request(b"b", &[]),
+            &exports,
+            &mut go_b,
+            &mut out,
+        );
+        assert!(go_b.contexts.base_allocation && go_b.contexts.allocation_depth);
+        // ...while going to another export drops them (as qemu-nbd does).
+        let mut out = Vec::new();
+        handle_option(OPT_GO, &go_request(b"c", &[]), &exports, &mut st, &mut out);
+        assert_eq!(st.contexts, MetaContexts::default());
+        // "disk" cannot be given the depth it does not offer.
+        let mut st = state();
+        st.style = ReplyStyle::Structured;
+        let mut out = Vec::new();
+        handle_option(
+            OPT_SET_META_CONTEXT,
+            &meta_request(b"disk", &both),
+            &exports,
+            &mut st,
+            &mut out,
+        );
+        assert_eq!(
+            contexts(&out),
+            [(BASE_ALLOCATION_ID, BASE_ALLOCATION.into())]
+        );
+        assert!(!st.contexts.allocation_depth);
+    }
+
     #[test]
     fn go_answers_block_size_and_export_then_acks() {
         let mut out = Vec::new();
@@ -552,7 +845,7 @@ mod tests {
             &mut st,
             &mut out,
         );
-        assert!(matches!(next, Next::Transmit));
+        assert!(matches!(next, Next::Transmit(0)));
         assert_eq!(
             reply_types(&out),
             vec![REP_INFO, REP_INFO, REP_INFO, REP_INFO, REP_ACK]
@@ -596,7 +889,8 @@ mod tests {
         let mut out = Vec::new();
         handle_option(OPT_SET_META_CONTEXT, &req, &export(), &mut st, &mut out);
         assert_eq!(reply_types(&out), vec![REP_META_CONTEXT, REP_ACK]);
-        assert!(st.base_allocation);
+        assert!(st.contexts.base_allocation);
+        assert!(!st.contexts.allocation_depth);
     }
 
     #[test]
@@ -633,7 +927,7 @@ mod tests {
 
     #[test]
     fn block_status_payload_is_advertised_only_with_extended_headers_and_a_context() {
-        let e = export();
+        let e = disk();
         assert_eq!(
             e.transmission_flags(ReplyStyle::Structured, true) & TFLAG_BLOCK_STATUS_PAYLOAD,
             0
@@ -663,7 +957,7 @@ mod tests {
         assert!(matches!(next, Next::Fail(_)));
         assert!(out.is_empty());
         let next = handle_option(OPT_EXPORT_NAME, b"disk", &export(), &mut st, &mut out);
-        assert!(matches!(next, Next::Transmit));
+        assert!(matches!(next, Next::Transmit(0)));
         assert_eq!(out.len(), 10);
     }
 
@@ -675,7 +969,7 @@ mod tests {
         assert_eq!(reply_types(&out), vec![REP_ERR_UNKNOWN]);
         let next = handle_option(OPT_EXPORT_NAME, b"", &export(), &mut st, &mut out);
         assert!(matches!(next, Next::Fail(_)));
-        let mut unnamed = export();
+        let mut unnamed = disk();
         unnamed.name = String::new();
         assert!(unnamed.matches(b""));
         assert!(!unnamed.matches(b"disk"));
@@ -712,7 +1006,7 @@ mod tests {
 
     #[test]
     fn multi_conn_and_read_only_flags_are_truthful() {
-        let mut e = export();
+        let mut e = disk();
         assert_ne!(
             e.transmission_flags(ReplyStyle::Simple, false) & TFLAG_CAN_MULTI_CONN,
             0
@@ -784,7 +1078,7 @@ mod tests {
             &mut st,
             &mut out,
         );
-        assert!(matches!(next, Next::Transmit));
+        assert!(matches!(next, Next::Transmit(0)));
         assert_eq!(reply_types(&out)[0], REP_ERR_INVALID);
         assert_eq!(*reply_types(&out).last().unwrap(), REP_ACK);
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 
 use super::backend::qcow2::snapshot::Selector;
+use super::export_spec::one_line;
 use super::objects::{self, Endpoint, Object, X509Creds};
 use crate::service::{HostOptions, Launch};
 
@@ -18,7 +19,7 @@ pub const MAX_SHARED: usize = 100;
 #[command(
     name = "nbd",
     about = "Network Block Device server (qemu-nbd compatible)",
-    override_usage = "nbd [OPTIONS] FILE\n       nbd -c DEV nbd://HOST[:PORT][/EXPORT]\n       nbd -L [OPTIONS]\n       nbd -d DEV",
+    override_usage = "nbd [OPTIONS] FILE\n       nbd [OPTIONS] [FILE] --export NAME=FILE[,OPTS] ...\n       nbd -c DEV nbd://HOST[:PORT][/EXPORT]\n       nbd -L [OPTIONS]\n       nbd -d DEV",
     disable_version_flag = true
 )]
 struct Args {
@@ -40,17 +41,19 @@ struct Args {
     /// Display extra debugging information (repeat for more)
     #[arg(short = 'v', long, action = ArgAction::Count)]
     verbose: u8,
-    /// Name of the export (default "")
-    #[arg(
-        short = 'x',
-        long = "export-name",
-        value_name = "NAME",
-        default_value = ""
-    )]
-    export_name: String,
-    /// Human-readable description of the export
+    /// Name of the FILE export (default "")
+    #[arg(short = 'x', long = "export-name", value_name = "NAME")]
+    export_name: Option<String>,
+    /// Human-readable description of the FILE export
     #[arg(short = 'D', long, value_name = "TEXT")]
     description: Option<String>,
+    /// Serve another export (repeatable): NAME=FILE[,description=TEXT][,readonly]
+    /// [,format=raw|qcow2][,allocation-depth[=on|off]]; ",," is a literal comma
+    #[arg(long = "export", value_name = "NAME=FILE[,OPTS]")]
+    exports: Vec<String>,
+    /// Offer the qemu:allocation-depth metadata context (every export)
+    #[arg(short = 'A', long = "allocation-depth")]
+    allocation_depth: bool,
     /// Fork off the server process once it is listening
     #[arg(long)]
     fork: bool,
@@ -69,10 +72,10 @@ struct Args {
     /// Only expose partition NUM (MBR 1-4, logical 5+, or GPT)
     #[arg(short = 'P', long, value_name = "NUM")]
     partition: Option<String>,
-    /// Export read-only
+    /// Export read-only (every export)
     #[arg(short = 'r', long = "read-only")]
     read_only: bool,
-    /// Redirect writes to a temporary overlay; FILE is never modified
+    /// Redirect writes to temporary overlays; no image is ever modified (every export)
     #[arg(short = 's', long)]
     snapshot: bool,
     /// Disable host cache (same as --cache=none)
@@ -263,29 +266,44 @@ pub enum ImageFormat {
     Qcow2,
 }
 
+/// One export to serve: the FILE of qemu-nbd's command line, or an `--export`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportConfig {
+    pub name: String,
+    pub file: PathBuf,
+    pub description: Option<String>,
+    pub read_only: bool,
+    /// `-f`; None probes the file.
+    pub format: Option<ImageFormat>,
+    pub window: Window,
+    /// `-s`: writes go to a temporary overlay.
+    pub snapshot: bool,
+    /// `-l`: the internal snapshot to export (implies read-only).
+    pub load_snapshot: Option<Selector>,
+    /// qemu:allocation-depth is offered.
+    pub allocation_depth: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub mode: Mode,
+    /// The FILE argument: the image, the device of `-d`, or the URL of `-c`.
     pub file: PathBuf,
     pub listen: Listen,
     pub shared: usize,
     pub persistent: bool,
-    pub export_name: String,
-    pub description: Option<String>,
+    /// What is served (empty unless serving), the default export first.
+    pub exports: Vec<ExportConfig>,
+    /// The empty name means the default export (with `--export`; qemu-nbd's
+    /// single export answers only to its own name).
+    pub empty_name_is_default: bool,
     pub handshake_limit: Option<Duration>,
-    pub window: Window,
-    pub read_only: bool,
-    pub snapshot: bool,
     pub cache: CacheMode,
     pub discard_unmap: bool,
     /// `--rotational`: Some to override the device's flag, None for auto.
     pub rotational: Option<bool>,
     pub verbose: u8,
     pub fork: bool,
-    /// `-f`; None probes the file.
-    pub format: Option<ImageFormat>,
-    /// `-l`: the internal snapshot to export (implies read-only).
-    pub load_snapshot: Option<Selector>,
     pub pid_file: Option<PathBuf>,
     /// `--tls-creds`: TLS is required (served) or used (`-L`).
     pub tls: Option<TlsOptions>,
@@ -524,7 +542,11 @@ fn validate(args: Args) -> Result<Config, String> {
         Some(path) => Listen::Unix(path.clone()),
         None => Listen::Tcp(resolve_bind(&args.bind, port)?),
     };
-    if args.export_name.len() > super::proto::MAX_STRING {
+    if args
+        .export_name
+        .as_ref()
+        .is_some_and(|n| n.len() > super::proto::MAX_STRING)
+    {
         return Err("export name is longer than 4096 bytes".into());
     }
     if args
@@ -544,9 +566,13 @@ fn validate(args: Args) -> Result<Config, String> {
     } else {
         Mode::Serve
     };
+    if !args.exports.is_empty() && !matches!(mode, Mode::Serve | Mode::Connect(_)) {
+        return Err("--export is only meaningful when serving".into());
+    }
     let file = match (&mode, &args.file) {
         (Mode::List, None) => PathBuf::new(),
         (Mode::List, Some(_)) => return Err("-L takes no FILE argument".into()),
+        (Mode::Serve | Mode::Connect(_), None) if !args.exports.is_empty() => PathBuf::new(),
         (_, None) => return Err(
             "Invalid number of arguments (expected FILE)\nTry 'nbd --help' for more information."
                 .into(),
@@ -564,10 +590,18 @@ fn validate(args: Args) -> Result<Config, String> {
         }
         m => m,
     };
+    if matches!(mode, Mode::ConnectRemote { .. }) && !args.exports.is_empty() {
+        return Err("--export is only meaningful when serving".into());
+    }
     if args.fork && matches!(mode, Mode::List | Mode::Disconnect(_)) {
         return Err("--fork is only meaningful when serving".into());
     }
     let tls = tls_options(&args, &mode)?;
+    let exports = if matches!(mode, Mode::Serve | Mode::Connect(_)) {
+        export_configs(&args, &file, format, window, load_snapshot)?
+    } else {
+        Vec::new()
+    };
 
     Ok(Config {
         mode,
@@ -575,23 +609,82 @@ fn validate(args: Args) -> Result<Config, String> {
         listen,
         shared,
         persistent: args.persistent,
-        export_name: args.export_name,
-        description: args.description,
+        exports,
+        empty_name_is_default: !args.exports.is_empty(),
         handshake_limit,
-        window,
-        // As in qemu-nbd, a loaded snapshot is exported read-only.
-        read_only: args.read_only || load_snapshot.is_some(),
-        snapshot: args.snapshot,
         cache,
         discard_unmap,
         rotational,
         verbose: args.verbose,
         fork: args.fork,
-        format,
-        load_snapshot,
         pid_file: args.pid_file.as_deref().map(absolute).transpose()?,
         tls,
     })
+}
+
+/// The exports to serve: FILE (with `-x`, `-D`, `-f`, `-o`/`-P`, `-l`)
+/// first, then each `--export`. `-r`, `-s` and `-A` hold for all of them;
+/// the image options name FILE's image, so they need FILE.
+fn export_configs(
+    args: &Args,
+    file: &Path,
+    format: Option<ImageFormat>,
+    window: Window,
+    load_snapshot: Option<Selector>,
+) -> Result<Vec<ExportConfig>, String> {
+    let mut exports = Vec::new();
+    if args.file.is_some() {
+        exports.push(ExportConfig {
+            name: args.export_name.clone().unwrap_or_default(),
+            file: file.to_path_buf(),
+            description: args.description.clone(),
+            // As in qemu-nbd, a loaded snapshot is exported read-only.
+            read_only: args.read_only || load_snapshot.is_some(),
+            format,
+            window,
+            snapshot: args.snapshot,
+            load_snapshot,
+            allocation_depth: args.allocation_depth,
+        });
+    } else {
+        let file_only = [
+            (args.export_name.is_some(), "-x"),
+            (args.description.is_some(), "-D"),
+            (args.format.is_some(), "-f"),
+            (args.offset.is_some(), "-o"),
+            (args.partition.is_some(), "-P"),
+            (args.load_snapshot.is_some(), "-l"),
+        ];
+        if let Some((_, option)) = file_only.iter().find(|(given, _)| *given) {
+            return Err(format!(
+                "{option} describes the FILE export, and no FILE is given (--export takes its own options)"
+            ));
+        }
+    }
+    for text in &args.exports {
+        let spec = super::export_spec::parse(text)
+            .map_err(|e| format!("invalid --export '{}': {e}", one_line(text)))?;
+        exports.push(ExportConfig {
+            name: spec.name,
+            file: absolute(&spec.file)?,
+            description: spec.description,
+            read_only: args.read_only || spec.read_only,
+            format: spec.format,
+            window: Window::Whole,
+            snapshot: args.snapshot,
+            load_snapshot: None,
+            allocation_depth: spec.allocation_depth.unwrap_or(args.allocation_depth),
+        });
+    }
+    for (i, export) in exports.iter().enumerate() {
+        if exports[..i].iter().any(|e| e.name == export.name) {
+            return Err(format!(
+                "export name '{}' is given twice (export names must be unique)",
+                one_line(&export.name)
+            ));
+        }
+    }
+    Ok(exports)
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, String> {
@@ -635,10 +728,13 @@ mod tests {
         );
         assert_eq!(c.shared, 1);
         assert!(!c.persistent);
-        assert_eq!(c.export_name, "");
+        assert_eq!(c.exports.len(), 1);
+        assert_eq!(c.exports[0].name, "");
+        assert!(!c.empty_name_is_default);
         assert_eq!(c.handshake_limit, Some(Duration::from_secs(10)));
         assert_eq!(c.cache, CacheMode::parse("writeback").unwrap());
-        assert_eq!(c.window, Window::Whole);
+        assert_eq!(c.exports[0].window, Window::Whole);
+        assert!(!c.exports[0].allocation_depth);
     }
 
     #[test]
@@ -689,23 +785,26 @@ mod tests {
 
     #[test]
     fn formats_and_load_snapshot_follow_qemu_nbd() {
-        assert_eq!(config(&["/i"]).unwrap().format, None);
+        assert_eq!(config(&["/i"]).unwrap().exports[0].format, None);
         assert_eq!(
-            config(&["-f", "qcow2", "/i"]).unwrap().format,
+            config(&["-f", "qcow2", "/i"]).unwrap().exports[0].format,
             Some(ImageFormat::Qcow2)
         );
         assert!(config(&["-f", "vmdk", "/i"]).unwrap_err().contains("vmdk"));
         let c = config(&["-l", "snapshot.id=1,snapshot.name=base", "/i"]).unwrap();
-        assert!(c.read_only, "-l implies read-only");
+        assert!(c.exports[0].read_only, "-l implies read-only");
         assert_eq!(
-            c.load_snapshot,
+            c.exports[0].load_snapshot,
             Some(Selector::Fields {
                 id: Some("1".into()),
                 name: Some("base".into())
             })
         );
         let c = config(&["--load-snapshot", "base", "/i"]).unwrap();
-        assert_eq!(c.load_snapshot, Some(Selector::IdOrName("base".into())));
+        assert_eq!(
+            c.exports[0].load_snapshot,
+            Some(Selector::IdOrName("base".into()))
+        );
         assert!(config(&["-l", "snapshot.bad=1", "/i"]).is_err());
         assert!(config(&["-f", "raw", "-l", "x", "/i"]).is_err());
     }
@@ -763,6 +862,79 @@ mod tests {
         let c = config(&["disk.img"]).unwrap();
         assert!(c.file.is_absolute());
         assert!(c.file.ends_with("disk.img"));
+    }
+
+    #[test]
+    fn exports_come_after_file_and_share_the_server_wide_options() {
+        let c = config(&[
+            "-A",
+            "-x",
+            "main",
+            "-D",
+            "the main disk",
+            "/i",
+            "--export",
+            "b=/b.img,description=second,readonly",
+            "--export",
+            "c=rel.qcow2,format=qcow2,allocation-depth=off",
+        ])
+        .unwrap();
+        let names: Vec<&str> = c.exports.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["main", "b", "c"]);
+        assert!(c.empty_name_is_default);
+        assert_eq!(c.exports[0].description.as_deref(), Some("the main disk"));
+        assert!(!c.exports[0].read_only && c.exports[1].read_only);
+        assert!(c.exports[0].allocation_depth && c.exports[1].allocation_depth);
+        assert!(!c.exports[2].allocation_depth);
+        assert_eq!(c.exports[2].format, Some(ImageFormat::Qcow2));
+        assert!(c.exports[2].file.is_absolute());
+        // -r and -s hold for every export; no FILE is needed with --export.
+        let c = config(&["-r", "-s", "--export", "a=/a", "--export", "b=/b"]).unwrap();
+        assert!(c.exports.iter().all(|e| e.read_only && e.snapshot));
+        assert_eq!(c.file, PathBuf::new());
+    }
+
+    #[test]
+    fn export_mistakes_are_one_line_naming_the_export() {
+        for (args, needle) in [
+            (
+                vec!["/i", "--export", "=/b"],
+                "export name '' is given twice",
+            ),
+            (
+                vec!["--export", "a=/a", "--export", "a=/b"],
+                "export name 'a' is given twice",
+            ),
+            (
+                vec!["-x", "a", "/i", "--export", "a=/b"],
+                "export name 'a' is given twice",
+            ),
+            (
+                vec!["--export", "a"],
+                "invalid --export 'a': expected NAME=FILE",
+            ),
+            (vec!["--export", "a=/a,ro"], "unknown key 'ro'"),
+            (
+                vec!["-x", "n", "--export", "a=/a"],
+                "-x describes the FILE export",
+            ),
+            (
+                vec!["-P", "1", "--export", "a=/a"],
+                "-P describes the FILE export",
+            ),
+            (
+                vec!["-L", "--export", "a=/a"],
+                "only meaningful when serving",
+            ),
+            (
+                vec!["-c", "/dev/nbd0", "--export", "a=/a", "nbd://h/x"],
+                "only meaningful when serving",
+            ),
+        ] {
+            let err = config(&args).unwrap_err();
+            assert!(err.contains(needle), "{args:?}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
     }
 
     #[cfg(feature = "tls")]

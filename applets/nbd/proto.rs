@@ -109,8 +109,12 @@ pub const ENOTSUP: u32 = 95;
 pub const ESHUTDOWN: u32 = 108;
 
 pub const BASE_ALLOCATION: &str = "base:allocation";
-/// The one metadata context id we hand out (for base:allocation).
+/// qemu's context (docs/interop/nbd.txt): the 32-bit status of an extent is
+/// the depth in the backing chain at which it is allocated.
+pub const ALLOCATION_DEPTH: &str = "qemu:allocation-depth";
+/// The metadata context ids we hand out, one per context.
 pub const BASE_ALLOCATION_ID: u32 = 1;
+pub const ALLOCATION_DEPTH_ID: u32 = 2;
 
 /// Longest string (export name, description, query) the spec allows.
 pub const MAX_STRING: usize = 4096;

@@ -15,9 +15,9 @@ use super::backend::overlay::{self, Overlay};
 use super::backend::qcow2::{self, Qcow2};
 use super::backend::raw::{self, RawFile};
 use super::backend::Backend;
-use super::export::Export;
+use super::export::{Export, Exports};
 use super::negotiate::{self, Negotiated, Phase, Refused};
-use super::options::{Config, ImageFormat, Listen, Mode, Window};
+use super::options::{Config, ExportConfig, ImageFormat, Listen, Mode, Window};
 use super::proto::ReplyStyle;
 use crate::service::{
     io_text, Context, HostOptions, Launch, ServiceError, ServiceResult, Shutdown,
@@ -65,14 +65,15 @@ async fn run(config: Config, ctx: Context) -> ServiceResult {
     }
 }
 
-/// Opens the image (qcow2 when `-f qcow2` or its magic says so, else raw)
-/// and applies the offset/partition window, overlay and read-only setting.
-pub fn open_export(config: &Config) -> Result<Export, String> {
-    let path = &config.file;
-    let writable = !config.read_only && !config.snapshot;
+/// Opens an export's image (qcow2 when `-f qcow2` or its magic says so,
+/// else raw) and applies the offset/partition window, overlay and
+/// read-only setting; cache and discard modes are the server's.
+pub fn open_export(config: &Config, export: &ExportConfig) -> Result<Export, String> {
+    let path = &export.file;
+    let writable = !export.read_only && !export.snapshot;
     let file = raw::open_file(path, writable)
         .map_err(|e| format!("cannot open {}: {}", path.display(), io_text(&e)))?;
-    let format = match config.format {
+    let format = match export.format {
         Some(f) => f,
         None if qcow2::is_qcow2(&file) => ImageFormat::Qcow2,
         None => ImageFormat::Raw,
@@ -80,7 +81,7 @@ pub fn open_export(config: &Config) -> Result<Export, String> {
     let image: Arc<dyn Backend> = match format {
         ImageFormat::Qcow2 => {
             drop(file);
-            if config.window != Window::Whole {
+            if export.window != Window::Whole {
                 return Err(
                     "-o/--offset and -P/--partition are not supported with qcow2 images yet".into(),
                 );
@@ -89,21 +90,21 @@ pub fn open_export(config: &Config) -> Result<Export, String> {
                 writable,
                 cache: config.cache,
                 discard: config.discard_unmap,
-                snapshot: config.load_snapshot.clone(),
+                snapshot: export.load_snapshot.clone(),
             };
             Arc::new(Qcow2::open(path, &opts)?)
         }
         ImageFormat::Raw => {
-            if config.load_snapshot.is_some() {
+            if export.load_snapshot.is_some() {
                 return Err(format!(
                     "{}: --load-snapshot needs a qcow2 image",
                     path.display()
                 ));
             }
-            Arc::new(open_raw(config, file, writable)?)
+            Arc::new(open_raw(config, export, file, writable)?)
         }
     };
-    let backend: Arc<dyn Backend> = if config.snapshot {
+    let backend: Arc<dyn Backend> = if export.snapshot {
         let dir = overlay::temp_dir();
         Arc::new(Overlay::new(image, &dir).map_err(|e| {
             format!(
@@ -116,21 +117,40 @@ pub fn open_export(config: &Config) -> Result<Export, String> {
         image
     };
     Ok(Export {
-        name: config.export_name.clone(),
-        description: config.description.clone(),
+        name: export.name.clone(),
+        description: export.description.clone(),
         rotational: config.rotational.unwrap_or_else(|| backend.rotational()),
         backend,
-        read_only: config.read_only,
+        read_only: export.read_only,
         multi_conn: config.shared > 1,
+        allocation_depth: export.allocation_depth,
     })
 }
 
+/// Opens every export, in command-line order.
+pub fn open_exports(config: &Config) -> Result<Exports, String> {
+    let list = config
+        .exports
+        .iter()
+        .map(|e| open_export(config, e).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    if list.is_empty() {
+        return Err("nothing to export".into());
+    }
+    Ok(Exports::new(list, config.empty_name_is_default))
+}
+
 /// A raw image, or the offset/partition window of one.
-fn open_raw(config: &Config, file: std::fs::File, writable: bool) -> Result<RawFile, String> {
-    let path = &config.file;
+fn open_raw(
+    config: &Config,
+    export: &ExportConfig,
+    file: std::fs::File,
+    writable: bool,
+) -> Result<RawFile, String> {
+    let path = &export.file;
     let disk_size = raw::file_size(&file)
         .map_err(|e| format!("cannot size {}: {}", path.display(), io_text(&e)))?;
-    let (start, size) = match config.window {
+    let (start, size) = match export.window {
         Window::Whole => (0, disk_size),
         Window::Offset(offset) => {
             if offset > disk_size {
@@ -280,7 +300,7 @@ fn server_tls(config: &Config) -> Result<Option<ServerTls>, String> {
 async fn serve(config: Config, ctx: Context) -> ServiceResult {
     // Credentials first: a bad file stops the start with one line naming it.
     let tls = server_tls(&config)?;
-    let export = Arc::new(open_export(&config)?);
+    let exports = Arc::new(open_exports(&config)?);
     // With -c the kernel is the one client, over a socket pair: nothing listens.
     let listener = match config.mode {
         Mode::Connect(_) => None,
@@ -295,11 +315,14 @@ async fn serve(config: Config, ctx: Context) -> ServiceResult {
             .collect::<Vec<_>>()
             .join(", "),
     };
-    tracing::info!(
-        "serving {} ({} bytes) on {where_}",
-        config.file.display(),
-        export.size()
-    );
+    for (export, opened) in config.exports.iter().zip(exports.all()) {
+        tracing::info!(
+            "serving {} ({} bytes) as '{}' on {where_}",
+            export.file.display(),
+            opened.size(),
+            export.name
+        );
+    }
 
     let mut shutdown = ctx.shutdown();
     let slots = Arc::new(Semaphore::new(config.shared));
@@ -313,13 +336,14 @@ async fn serve(config: Config, ctx: Context) -> ServiceResult {
             .and_then(|s| s.set_nonblocking(false).map(|()| s))
             .map_err(|e| format!("socket pair: {e}"))?;
         let permit = slots.clone().try_acquire_owned().ok();
-        let (exp, limit, sd) = (export.clone(), config.handshake_limit, ctx.shutdown());
+        let (exp, limit, sd) = (exports.clone(), config.handshake_limit, ctx.shutdown());
         connections.spawn(async move {
             let _permit = permit;
             handle_connection(server_end, exp, limit, sd, None, "kernel".into()).await;
         });
         let device = device.clone();
-        let name = config.export_name.clone();
+        // The kernel asks for the default export.
+        let name = exports.get(0).map(|e| e.name.clone()).unwrap_or_default();
         // On the ioctl path the kernel's thread lives on while we serve.
         tokio::task::spawn_blocking(move || {
             super::kernel::attach(&device, client_end, &name).map(drop)
@@ -354,7 +378,7 @@ async fn serve(config: Config, ctx: Context) -> ServiceResult {
                     }
                 };
                 served_any = true;
-                let (exp, limit, sd) = (export.clone(), config.handshake_limit, ctx.shutdown());
+                let (exp, limit, sd) = (exports.clone(), config.handshake_limit, ctx.shutdown());
                 let tls = tls.clone();
                 connections.spawn(async move {
                     let _permit = permit;
@@ -383,13 +407,25 @@ async fn serve(config: Config, ctx: Context) -> ServiceResult {
         tracing::warn!("connections still busy after {DRAIN_TIMEOUT:?}; closing them");
         connections.shutdown().await;
     }
-    let backend = export.backend.clone();
-    let flushed = tokio::task::spawn_blocking(move || backend.flush()).await;
+    let flushing = exports.clone();
+    let flushed = tokio::task::spawn_blocking(move || {
+        // Every export is flushed, the first failure reported.
+        let mut result = Ok(());
+        for export in flushing.all() {
+            if let Err(e) = export.backend.flush() {
+                if result.is_ok() {
+                    result = Err(format!("flush at exit ('{}'): {e}", export.name));
+                }
+            }
+        }
+        result
+    })
+    .await;
     if let Listen::Unix(path) = &config.listen {
         let _ = std::fs::remove_file(path);
     }
     match flushed {
-        Ok(Err(e)) => Err(format!("flush at exit: {e}").into()),
+        Ok(Err(e)) => Err(e.into()),
         _ => Ok(()),
     }
 }
@@ -431,20 +467,20 @@ enum Negotiation<S> {
 /// handshake: everything the handshake limit covers.
 async fn negotiate_connection<S: SplitStream>(
     mut stream: S,
-    export: &Export,
+    exports: &Exports,
     tls: Option<ServerTls>,
 ) -> Result<Negotiation<S>, Refused> {
     let mut phase = negotiate::greet(&mut stream, tls.is_some()).await?;
-    match negotiate::options(&mut stream, export, &mut phase).await? {
+    match negotiate::options(&mut stream, exports, &mut phase).await? {
         Phase::Transmit(n) => Ok(Negotiation::Plain(stream, n)),
-        Phase::StartTls => start_tls(stream, export, tls, phase).await,
+        Phase::StartTls => start_tls(stream, exports, tls, phase).await,
     }
 }
 
 #[cfg(feature = "tls")]
 async fn start_tls<S: SplitStream>(
     stream: S,
-    export: &Export,
+    exports: &Exports,
     tls: Option<ServerTls>,
     mut phase: negotiate::OptionPhase,
 ) -> Result<Negotiation<S>, Refused> {
@@ -475,7 +511,7 @@ async fn start_tls<S: SplitStream>(
         }
     }
     phase.tls_established();
-    match negotiate::options(&mut stream, export, &mut phase).await? {
+    match negotiate::options(&mut stream, exports, &mut phase).await? {
         Phase::Transmit(n) => Ok(Negotiation::Tls(Box::new(stream), n)),
         Phase::StartTls => Err(Refused::Failed("STARTTLS over TLS".into())),
     }
@@ -484,7 +520,7 @@ async fn start_tls<S: SplitStream>(
 #[cfg(not(feature = "tls"))]
 async fn start_tls<S: SplitStream>(
     _stream: S,
-    _export: &Export,
+    _exports: &Exports,
     tls: Option<ServerTls>,
     _phase: negotiate::OptionPhase,
 ) -> Result<Negotiation<S>, Refused> {
@@ -496,14 +532,14 @@ async fn start_tls<S: SplitStream>(
 
 async fn handle_connection<S: SplitStream>(
     stream: S,
-    export: Arc<Export>,
+    exports: Arc<Exports>,
     limit: Option<Duration>,
     shutdown: Shutdown,
     tls: Option<ServerTls>,
     peer: String,
 ) {
     tracing::debug!("client {peer} connected");
-    let negotiating = negotiate_connection(stream, &export, tls);
+    let negotiating = negotiate_connection(stream, &exports, tls);
     let negotiated = match limit {
         Some(limit) => match tokio::time::timeout(limit, negotiating).await {
             Ok(result) => result,
@@ -530,15 +566,25 @@ async fn handle_connection<S: SplitStream>(
         #[cfg(feature = "tls")]
         Negotiation::Tls(_, n) => (" over TLS", *n),
     };
+    let Some(export) = exports.get(n.export).cloned() else {
+        tracing::warn!("client {peer} negotiated an export that does not exist");
+        return;
+    };
     tracing::debug!(
-        "client {peer} negotiated {}{}{tls_text}",
+        "client {peer} (export '{}') negotiated {}{}{}{tls_text}",
+        export.name,
         match n.style {
             ReplyStyle::Simple => "simple replies",
             ReplyStyle::Structured => "structured replies",
             ReplyStyle::Extended => "extended headers",
         },
-        if n.base_allocation {
+        if n.contexts.base_allocation {
             " and base:allocation"
+        } else {
+            ""
+        },
+        if n.contexts.allocation_depth {
+            " and qemu:allocation-depth"
         } else {
             ""
         }

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::backend::{is_would_block, Backend, Extent};
 use super::export::{Export, MAX_PAYLOAD};
-use super::negotiate::Negotiated;
+use super::negotiate::{MetaContexts, Negotiated};
 use super::proto::*;
 use crate::service::Shutdown;
 
@@ -56,7 +56,8 @@ type ReplySender = mpsc::UnboundedSender<Reply>;
 struct Session {
     export: Arc<Export>,
     style: ReplyStyle,
-    base_allocation: bool,
+    /// The metadata contexts BLOCK_STATUS may report.
+    contexts: MetaContexts,
     /// Moving average of the time one deferred request takes, in ns.
     blocking_ns: AtomicU64,
     buffers: BufferPool,
@@ -132,7 +133,11 @@ where
         style: negotiated.style,
         // Block status answers are chunks: never on a simple-reply
         // connection, whatever negotiation claimed.
-        base_allocation: negotiated.base_allocation && negotiated.style != ReplyStyle::Simple,
+        contexts: if negotiated.style == ReplyStyle::Simple {
+            MetaContexts::default()
+        } else {
+            negotiated.contexts
+        },
         blocking_ns: AtomicU64::new(0),
         buffers: BufferPool::default(),
     });
@@ -428,8 +433,8 @@ fn payload_len(req: &Request, extended: bool) -> u64 {
 
 /// The request a payload-carrying command stands for. BLOCK_STATUS's
 /// payload form (NBD_FLAG_BLOCK_STATUS_PAYLOAD) is a 64-bit effect length
-/// and the context ids wanted: ours is the only one, named once. Any other
-/// non-WRITE command with a payload is invalid.
+/// and the ids of the negotiated contexts wanted. Any other non-WRITE
+/// command with a payload is invalid.
 fn effective_request(
     session: &Session,
     req: &Request,
@@ -444,14 +449,12 @@ fn effective_request(
     if req.kind != CMD_BLOCK_STATUS {
         return Err((EINVAL, "command takes no payload"));
     }
-    if !session.base_allocation {
+    if !session.contexts.any() {
         return Err((EINVAL, "no metadata context was negotiated"));
     }
     let mut r = Reader::new(payload);
     let effect = r.u64().ok_or((EINVAL, "block status payload too short"))?;
-    if r.remaining() != 4 || r.u32() != Some(BASE_ALLOCATION_ID) {
-        return Err((EINVAL, "block status payload names unknown contexts"));
-    }
+    requested_contexts(session, &payload[8..])?;
     Ok(Request {
         flags: req.flags & !CMD_FLAG_PAYLOAD_LEN,
         length: effect,
@@ -476,7 +479,7 @@ fn check(session: &Session, req: &Request) -> Result<(), (u32, &'static str)> {
         CMD_READ if req.length > MAX_PAYLOAD as u64 => {
             return Err((EOVERFLOW, "read longer than the maximum block size"))
         }
-        CMD_BLOCK_STATUS if !session.base_allocation => {
+        CMD_BLOCK_STATUS if !session.contexts.any() => {
             return Err((EINVAL, "no metadata context was negotiated"))
         }
         // A descriptor's length must be non-zero, so there is no answer.
@@ -588,7 +591,16 @@ fn serve_blocking(session: &Session, req: &Request, payload: &[u8], out: &mut Ve
                 req.flags & CMD_FLAG_FAST_ZERO != 0,
             )
             .and_then(|()| if fua { backend.flush() } else { Ok(()) }),
-        CMD_BLOCK_STATUS => block_status_reply(out, backend, req, style),
+        CMD_BLOCK_STATUS => {
+            // The payload form was checked when the request came in.
+            let contexts = match payload.get(8..) {
+                Some(ids) if !ids.is_empty() => {
+                    requested_contexts(session, ids).unwrap_or(session.contexts)
+                }
+                _ => session.contexts,
+            };
+            block_status_reply(out, backend, req, style, contexts)
+        }
         _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
     };
     match result {
@@ -702,33 +714,92 @@ fn read_into(
     backend.read_append(out, offset, len, nowait)
 }
 
+/// The contexts a BLOCK_STATUS payload names by id: each one negotiated,
+/// none twice (qemu-nbd refuses repeats too).
+fn requested_contexts(session: &Session, ids: &[u8]) -> Result<MetaContexts, (u32, &'static str)> {
+    if ids.is_empty() || ids.len() % 4 != 0 {
+        return Err((EINVAL, "block status payload names no contexts"));
+    }
+    let unknown = (EINVAL, "block status payload names unknown contexts");
+    let mut wanted = MetaContexts::default();
+    for id in ids.chunks_exact(4) {
+        let (negotiated, flag) = match u32::from_be_bytes([id[0], id[1], id[2], id[3]]) {
+            BASE_ALLOCATION_ID => (
+                session.contexts.base_allocation,
+                &mut wanted.base_allocation,
+            ),
+            ALLOCATION_DEPTH_ID => (
+                session.contexts.allocation_depth,
+                &mut wanted.allocation_depth,
+            ),
+            _ => return Err(unknown),
+        };
+        if !negotiated || *flag {
+            return Err(unknown);
+        }
+        *flag = true;
+    }
+    Ok(wanted)
+}
+
+/// One block-status chunk per context wanted, base:allocation first; the
+/// last one says DONE.
 fn block_status_reply(
     out: &mut Vec<u8>,
     backend: &dyn Backend,
     req: &Request,
     style: ReplyStyle,
+    contexts: MetaContexts,
 ) -> io::Result<()> {
-    let mut extents = backend.extents(req.offset, req.length)?;
-    clip_extents(
-        &mut extents,
-        req.length,
-        req.flags & CMD_FLAG_REQ_ONE != 0,
-        style,
-    );
+    let mut wanted = Vec::with_capacity(2);
+    if contexts.base_allocation {
+        wanted.push(BASE_ALLOCATION_ID);
+    }
+    if contexts.allocation_depth {
+        wanted.push(ALLOCATION_DEPTH_ID);
+    }
+    let last = wanted.len().saturating_sub(1);
+    for (i, id) in wanted.into_iter().enumerate() {
+        let mut extents = if id == ALLOCATION_DEPTH_ID {
+            backend.allocation_depth(req.offset, req.length)?
+        } else {
+            backend.extents(req.offset, req.length)?
+        };
+        clip_extents(
+            &mut extents,
+            req.length,
+            req.flags & CMD_FLAG_REQ_ONE != 0,
+            style,
+        );
+        let flags = if i == last { REPLY_FLAG_DONE } else { 0 };
+        put_status_chunk(out, req, style, flags, id, &extents);
+    }
+    Ok(())
+}
+
+/// A BLOCK_STATUS (or BLOCK_STATUS_EXT) chunk for context `id`.
+fn put_status_chunk(
+    out: &mut Vec<u8>,
+    req: &Request,
+    style: ReplyStyle,
+    flags: u16,
+    id: u32,
+    extents: &[Extent],
+) {
     let n = extents.len() as u64;
     if style == ReplyStyle::Extended {
         put_chunk_header(
             out,
             style,
-            REPLY_FLAG_DONE,
+            flags,
             REPLY_TYPE_BLOCK_STATUS_EXT,
             req.cookie,
             req.offset,
             8 + 16 * n,
         );
-        out.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+        out.extend_from_slice(&id.to_be_bytes());
         out.extend_from_slice(&(n as u32).to_be_bytes());
-        for e in &extents {
+        for e in extents {
             out.extend_from_slice(&e.length.to_be_bytes());
             out.extend_from_slice(&(e.flags as u64).to_be_bytes());
         }
@@ -736,19 +807,18 @@ fn block_status_reply(
         put_chunk_header(
             out,
             style,
-            REPLY_FLAG_DONE,
+            flags,
             REPLY_TYPE_BLOCK_STATUS,
             req.cookie,
             req.offset,
             4 + 8 * n,
         );
-        out.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
-        for e in &extents {
+        out.extend_from_slice(&id.to_be_bytes());
+        for e in extents {
             out.extend_from_slice(&(e.length as u32).to_be_bytes());
             out.extend_from_slice(&e.flags.to_be_bytes());
         }
     }
-    Ok(())
 }
 
 /// Keeps a block-status answer within the request, the extent cap, REQ_ONE
@@ -842,10 +912,15 @@ mod tests {
                 read_only: false,
                 multi_conn: false,
                 rotational: false,
+                allocation_depth: false,
             });
             let negotiated = Negotiated {
                 style: ReplyStyle::Simple,
-                base_allocation: true,
+                contexts: MetaContexts {
+                    base_allocation: true,
+                    allocation_depth: false,
+                },
+                export: 0,
             };
             let (mut client, server) = tokio::io::duplex(1 << 16);
             let (r, w) = tokio::io::split(server);
@@ -885,9 +960,13 @@ mod tests {
                 read_only: false,
                 multi_conn: false,
                 rotational: false,
+                allocation_depth: true,
             }),
             style,
-            base_allocation: true,
+            contexts: MetaContexts {
+                base_allocation: true,
+                allocation_depth: false,
+            },
             blocking_ns: AtomicU64::new(0),
             buffers: BufferPool::default(),
         }
@@ -940,6 +1019,61 @@ mod tests {
                 Err(EINVAL)
             );
         }
+    }
+
+    /// (flags, context id, first extent's flags) of each block-status chunk.
+    fn status_chunks(out: &[u8]) -> Vec<(u16, u32, u32)> {
+        let mut chunks = Vec::new();
+        let mut r = Reader::new(out);
+        while r.remaining() > 0 {
+            assert_eq!(r.u32(), Some(STRUCTURED_REPLY_MAGIC));
+            let flags = r.u16().unwrap();
+            assert_eq!(r.u16(), Some(REPLY_TYPE_BLOCK_STATUS));
+            r.u64();
+            let len = r.u32().unwrap() as usize;
+            let mut body = Reader::new(r.bytes(len).unwrap());
+            let id = body.u32().unwrap();
+            body.u32();
+            chunks.push((flags, id, body.u32().unwrap()));
+        }
+        chunks
+    }
+
+    #[test]
+    fn block_status_answers_each_negotiated_context_in_one_reply() {
+        let mut s = session(ReplyStyle::Structured);
+        s.contexts.allocation_depth = true;
+        let bs = request(CMD_BLOCK_STATUS, 0, 4096);
+        let mut out = Vec::new();
+        serve_blocking(&s, &bs, &[], &mut out);
+        assert_eq!(
+            status_chunks(&out),
+            [
+                (0, BASE_ALLOCATION_ID, 0),
+                (REPLY_FLAG_DONE, ALLOCATION_DEPTH_ID, 1)
+            ]
+        );
+        // The payload form names the contexts wanted: the depth alone.
+        let mut s = session(ReplyStyle::Extended);
+        s.contexts.allocation_depth = true;
+        let mut payload = 4096u64.to_be_bytes().to_vec();
+        payload.extend_from_slice(&ALLOCATION_DEPTH_ID.to_be_bytes());
+        let with_payload = request(CMD_BLOCK_STATUS, CMD_FLAG_PAYLOAD_LEN, 12);
+        let eff = effective_request(&s, &with_payload, &payload).unwrap();
+        let mut out = Vec::new();
+        serve_blocking(&s, &eff, &payload, &mut out);
+        let mut r = Reader::new(&out);
+        assert_eq!(r.u32(), Some(EXTENDED_REPLY_MAGIC));
+        assert_eq!(r.u16(), Some(REPLY_FLAG_DONE));
+        assert_eq!(r.u16(), Some(REPLY_TYPE_BLOCK_STATUS_EXT));
+        r.bytes(24);
+        assert_eq!(r.u32(), Some(ALLOCATION_DEPTH_ID));
+        // A context not negotiated is refused.
+        let s = session(ReplyStyle::Extended);
+        assert_eq!(
+            effective_request(&s, &with_payload, &payload).map_err(|e| e.0),
+            Err(EINVAL)
+        );
     }
 
     #[test]

@@ -221,6 +221,12 @@ pub fn require_root() -> bool {
         )
 }
 
+/// Whether a test must return early (true) because one of `tools` is
+/// missing, through [`require_peer`].
+pub fn missing_tools(tools: &[&str]) -> bool {
+    !tools.iter().all(|tool| require_peer(tool))
+}
+
 fn ip(args: &[&str]) -> Output {
     run_with_timeout(Command::new("ip").args(args), Duration::from_secs(20))
 }

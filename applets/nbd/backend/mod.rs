@@ -8,11 +8,25 @@ pub mod raw;
 
 use std::io;
 
-/// One run of the export with one allocation state (`proto::STATE_*` flags).
+/// One run of the export with one allocation state: `proto::STATE_*` flags
+/// for base:allocation, the depth for qemu:allocation-depth.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Extent {
     pub length: u64,
     pub flags: u32,
+}
+
+/// Depths as qemu:allocation-depth reports them: 0 is allocated nowhere in
+/// the chain, 1 in the exported image itself, 2 in its backing file, ...
+pub const DEPTH_UNALLOCATED: u32 = 0;
+pub const DEPTH_LOCAL: u32 = 1;
+
+/// A depth as seen from the image above the one that reported it.
+pub fn depth_from_above(depth: u32) -> u32 {
+    match depth {
+        DEPTH_UNALLOCATED => DEPTH_UNALLOCATED,
+        d => d.saturating_add(1),
+    }
 }
 
 /// A failure meaning "this would wait for the disk": retry on a thread that may block.
@@ -70,6 +84,16 @@ pub trait Backend: Send + Sync {
     /// lseek, which the default keeps.
     fn extents_nowait(&self, offset: u64, length: u64) -> io::Result<Vec<Extent>> {
         self.extents(offset, length)
+    }
+    /// qemu:allocation-depth from `offset`, covering at most `length`
+    /// bytes (at least one extent): the [`Extent::flags`] are depths. A
+    /// file without a backing chain holds every byte itself, holes too (as
+    /// qemu says of raw files), which the default reports.
+    fn allocation_depth(&self, _offset: u64, length: u64) -> io::Result<Vec<Extent>> {
+        Ok(vec![Extent {
+            length,
+            flags: DEPTH_LOCAL,
+        }])
     }
     fn rotational(&self) -> bool {
         false

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::raw::{fallocate, file_extents, read_full, write_full};
-use super::{push_extent, would_block, Backend, Extent};
+use super::{depth_from_above, push_extent, would_block, Backend, Extent, DEPTH_LOCAL};
 
 /// Copy-on-write granularity.
 const BLOCK: u64 = 4096;
@@ -222,6 +222,39 @@ impl Backend for Overlay {
         Ok(out)
     }
 
+    /// Blocks written since start are the overlay's own (depth 1); the
+    /// image below answers for the rest, one level down (as under qemu-nbd
+    /// -s, whose overlay is a temporary qcow2 image).
+    fn allocation_depth(&self, offset: u64, length: u64) -> io::Result<Vec<Extent>> {
+        let runs = {
+            let map = self.map();
+            self.runs(&map, offset, length)
+        };
+        let mut out = Vec::new();
+        for (at, len, top) in runs {
+            if top {
+                push_extent(&mut out, len, DEPTH_LOCAL);
+                continue;
+            }
+            let mut covered = 0;
+            for e in self.base.allocation_depth(at, len)? {
+                let n = e.length.min(len - covered);
+                push_extent(&mut out, n, depth_from_above(e.flags));
+                covered += n;
+            }
+            if covered < len {
+                break;
+            }
+        }
+        if out.is_empty() {
+            out.push(Extent {
+                length,
+                flags: DEPTH_LOCAL,
+            });
+        }
+        Ok(out)
+    }
+
     /// Reads of the overlay always go to a thread: so does its status.
     fn extents_nowait(&self, _offset: u64, _length: u64) -> io::Result<Vec<Extent>> {
         Err(would_block())
@@ -257,6 +290,12 @@ mod tests {
         assert!(buf[3 * 4096..3 * 4096 + 50].iter().all(|&b| b == 0xAA));
         assert!(buf[3 * 4096 + 50..].iter().all(|&b| b == 0));
         assert!(std::fs::read(&path).unwrap().iter().all(|&b| b == 0xAA));
+        // Written blocks are the overlay's (depth 1), the rest the image's (2).
+        let depth = |length, flags| Extent { length, flags };
+        assert_eq!(
+            ovl.allocation_depth(0, 3 * 4096 + 100).unwrap(),
+            [depth(8192, 1), depth(4096, 2), depth(100, 1)]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

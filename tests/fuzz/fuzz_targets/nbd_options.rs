@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use toolbox::nbd::export::Export;
+use toolbox::nbd::export::{Export, Exports};
 use toolbox::nbd::negotiate::{greet, options};
 use toolbox::nbd::proto::OPTION_REPLY_MAGIC;
 
@@ -19,14 +19,23 @@ fuzz_target!(|data: &[u8]| {
         .build()
         .unwrap();
     rt.block_on(async {
-        let export = Export {
-            name: "disk".into(),
-            description: Some("fuzz".into()),
-            backend: Arc::new(mem_backend::MemBackend::new(1 << 16)),
-            read_only: data.first().is_some_and(|b| b & 1 == 1),
-            multi_conn: true,
-            rotational: false,
+        // Two exports, the second offering qemu:allocation-depth; a
+        // second-byte bit says whether "" means the default one.
+        let export = |name: &str, depth: bool| {
+            Arc::new(Export {
+                name: name.into(),
+                description: Some("fuzz".into()),
+                backend: Arc::new(mem_backend::MemBackend::new(1 << 16)),
+                read_only: data.first().is_some_and(|b| b & 1 == 1),
+                multi_conn: true,
+                rotational: false,
+                allocation_depth: depth,
+            })
         };
+        let exports = Exports::new(
+            vec![export("disk", false), export("b", true)],
+            data.get(1).is_some_and(|b| b & 1 == 1),
+        );
         let (mut client, mut server) = tokio::io::duplex(1 << 20);
         client.write_all(data).await.unwrap();
         client.shutdown().await.unwrap();
@@ -34,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
         // with NBD_REP_ERR_TLS_REQD and stops at an acknowledged STARTTLS).
         let tls_required = data.last().is_some_and(|b| b & 1 == 1);
         if let Ok(mut phase) = greet(&mut server, tls_required).await {
-            let _ = options(&mut server, &export, &mut phase).await;
+            let _ = options(&mut server, &exports, &mut phase).await;
         }
         drop(server);
         let mut out = Vec::new();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use toolbox::nbd::export::Export;
-use toolbox::nbd::negotiate::Negotiated;
+use toolbox::nbd::negotiate::{MetaContexts, Negotiated};
 use toolbox::nbd::proto::*;
 use toolbox::service::{Context, NullNotifier};
 
@@ -53,7 +53,17 @@ fuzz_target!(|data: &[u8]| {
     let extended = style == ReplyStyle::Extended;
     let negotiated = Negotiated {
         style,
-        base_allocation: mode & 4 != 0,
+        contexts: MetaContexts {
+            base_allocation: mode & 4 != 0,
+            allocation_depth: mode & 16 != 0,
+        },
+        export: 0,
+    };
+    // Which context a one-id BLOCK_STATUS payload names.
+    let payload_id = if mode & 32 != 0 {
+        ALLOCATION_DEPTH_ID
+    } else {
+        BASE_ALLOCATION_ID
     };
     let read_only = mode & 8 != 0;
 
@@ -96,11 +106,16 @@ fuzz_target!(|data: &[u8]| {
         // What the reply may cover: BLOCK_STATUS's payload form carries
         // its effect length in the payload.
         let mut effect = req;
-        if declared && kind == CMD_BLOCK_STATUS && length == 12 {
-            // The well-formed payload form: effect length, our one context.
+        if declared && kind == CMD_BLOCK_STATUS && (length == 12 || length == 16) {
+            // The well-formed payload form: effect length, one or both contexts.
             let effect_len = offset % (SIZE + 16);
             stream.extend_from_slice(&effect_len.to_be_bytes());
-            stream.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+            if length == 12 {
+                stream.extend_from_slice(&payload_id.to_be_bytes());
+            } else {
+                stream.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+                stream.extend_from_slice(&ALLOCATION_DEPTH_ID.to_be_bytes());
+            }
             effect.length = effect_len;
         } else if declared {
             stream.extend(std::iter::repeat_n(0xab, length as usize));
@@ -127,6 +142,7 @@ fuzz_target!(|data: &[u8]| {
             read_only,
             multi_conn: false,
             rotational: false,
+            allocation_depth: mode & 16 != 0,
         });
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let (r, w) = tokio::io::split(server);
@@ -215,6 +231,13 @@ fuzz_target!(|data: &[u8]| {
                     }
                     REPLY_TYPE_BLOCK_STATUS | REPLY_TYPE_BLOCK_STATUS_EXT => {
                         assert_eq!(req.kind, CMD_BLOCK_STATUS);
+                        let id = be32(payload, 0);
+                        assert!(
+                            (id == BASE_ALLOCATION_ID && negotiated.contexts.base_allocation)
+                                || (id == ALLOCATION_DEPTH_ID
+                                    && negotiated.contexts.allocation_depth),
+                            "status for a context not negotiated"
+                        );
                         let sum: u64 = if kind == REPLY_TYPE_BLOCK_STATUS {
                             payload[4..].chunks(8).map(|d| be32(d, 0) as u64).sum()
                         } else {

@@ -3,7 +3,9 @@
 
 use std::io;
 
-use super::super::{push_extent, would_block, Extent};
+use super::super::{
+    depth_from_above, push_extent, would_block, Extent, DEPTH_LOCAL, DEPTH_UNALLOCATED,
+};
 use super::entry::{decode_l1, decode_l2, Mapping};
 use super::io::{bytes_to_words, corrupt};
 use super::{compress, Meta, Qcow2};
@@ -317,6 +319,67 @@ impl Qcow2 {
             }
         }
         push_extent(out, n - inside, STATE_HOLE | STATE_ZERO);
+        Ok(n)
+    }
+
+    /// qemu:allocation-depth from `offset`: 1 where this image maps the
+    /// bytes (data, compressed or zero clusters), the backing chain's depth
+    /// plus one where it does not, 0 where nothing in the chain does.
+    pub(super) fn depth_status(
+        &self,
+        meta: &Meta,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<Vec<Extent>> {
+        let mut out = Vec::new();
+        let mut at = offset;
+        let end = offset + length;
+        while at < end && out.len() < MAX_EXTENTS {
+            let (segment, n) = self.segment(meta, at, end - at, false, Merge::Status)?;
+            match segment {
+                Segment::Unallocated => {
+                    let covered = self.backing_depth(&mut out, at, n)?;
+                    if covered < n {
+                        break;
+                    }
+                }
+                _ => push_extent(&mut out, n, DEPTH_LOCAL),
+            }
+            at += n;
+        }
+        if out.is_empty() {
+            out.push(Extent {
+                length,
+                flags: DEPTH_LOCAL,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Appends the backing chain's depths for `[at, at + n)`, seen from
+    /// here; the bytes covered. Past the end of a shorter backing file qemu
+    /// counts the zeroes read there as that file's (its depth), and so do we.
+    fn backing_depth(&self, out: &mut Vec<Extent>, at: u64, n: u64) -> io::Result<u64> {
+        let Some(backing) = &self.backing else {
+            push_extent(out, n, DEPTH_UNALLOCATED);
+            return Ok(n);
+        };
+        let inside = backing.size.saturating_sub(at).min(n);
+        if inside > 0 {
+            let mut covered = 0;
+            for e in backing.backend.allocation_depth(at, inside)? {
+                let len = e.length.min(inside - covered);
+                push_extent(out, len, depth_from_above(e.flags));
+                covered += len;
+                if covered == inside {
+                    break;
+                }
+            }
+            if covered < inside {
+                return Ok(covered);
+            }
+        }
+        push_extent(out, n - inside, depth_from_above(DEPTH_LOCAL));
         Ok(n)
     }
 }

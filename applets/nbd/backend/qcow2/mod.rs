@@ -403,6 +403,11 @@ impl Backend for Qcow2 {
         self.status(&meta, offset, length, true)
     }
 
+    fn allocation_depth(&self, offset: u64, length: u64) -> stdio::Result<Vec<Extent>> {
+        let meta = self.meta_read(false)?;
+        self.depth_status(&meta, offset, length)
+    }
+
     fn can_fast_zero(&self) -> bool {
         true
     }
