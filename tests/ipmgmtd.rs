@@ -2023,6 +2023,9 @@ struct DhcpServer {
     ns: Netns,
     bridge: Bridge,
     _links: Vec<Veth>,
+    /// Other hosts on the link (after `_links`: a veth goes before its
+    /// namespace).
+    _hosts: Vec<Netns>,
     daemon: Option<Daemon>,
     dir: PathBuf,
     /// The running server's log, in `dir`.
@@ -2044,6 +2047,7 @@ impl DhcpServer {
                 ns,
                 bridge,
                 _links: vec![veth],
+                _hosts: Vec::new(),
                 daemon: None,
                 dir,
                 log_name: "dnsmasq.log",
@@ -2059,8 +2063,7 @@ impl DhcpServer {
         self.bridge.attach(&veth.b);
         host.ip(&["addr", "add", addr, "dev", &veth.a]);
         self._links.push(veth);
-        // The namespace goes with the veth's peer; keep it alive.
-        std::mem::forget(host);
+        self._hosts.push(host);
     }
 
     fn log(&self) -> String {
