@@ -161,11 +161,11 @@ pub fn loopback_up() -> Result<(), String> {
     }
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we pass.
     let result = unsafe {
-        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) < 0 {
+        if libc::ioctl(sock, libc::SIOCGIFFLAGS as _, &mut req) < 0 {
             Err(io::Error::last_os_error())
         } else {
             req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) < 0 {
+            if libc::ioctl(sock, libc::SIOCSIFFLAGS as _, &req) < 0 {
                 Err(io::Error::last_os_error())
             } else {
                 Ok(())
@@ -300,7 +300,7 @@ pub fn wait_signal(timeout: Duration) -> Option<Finish> {
         reap_ended();
         let left = deadline.saturating_duration_since(Instant::now());
         let spec = libc::timespec {
-            tv_sec: left.as_secs() as libc::time_t,
+            tv_sec: left.as_secs() as _,
             tv_nsec: left.subsec_nanos() as libc::c_long,
         };
         // SAFETY: a valid set and timespec; no siginfo wanted.

@@ -198,7 +198,7 @@ impl ClockBackend for RealClock {
             + now.tv_nsec as i128
             + (offset * 1e9).round() as i128;
         let ts = libc::timespec {
-            tv_sec: total_ns.div_euclid(1_000_000_000) as libc::time_t,
+            tv_sec: total_ns.div_euclid(1_000_000_000) as _,
             tv_nsec: total_ns.rem_euclid(1_000_000_000) as libc::c_long,
         };
         // SAFETY: sets CLOCK_REALTIME from a valid timespec.

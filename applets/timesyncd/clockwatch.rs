@@ -73,7 +73,7 @@ fn arm(fd: &OwnedFd) -> io::Result<()> {
         // Far in the future (the seed's TIME_T_MAX, kept within what
         // 32-bit-time kernels accept).
         it_value: libc::timespec {
-            tv_sec: i32::MAX as libc::time_t,
+            tv_sec: i32::MAX as _,
             tv_nsec: 0,
         },
     };

@@ -53,7 +53,7 @@ fn hardware_address(name: &str) -> Result<Mac, MacAddressError> {
         *slot = byte as libc::c_char;
     }
     // SAFETY: SIOCGIFHWADDR fills the ifreq we pass, which outlives the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut request) };
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR as _, &mut request) };
     if rc < 0 {
         return Err(MacAddressError::Io(io::Error::last_os_error()));
     }

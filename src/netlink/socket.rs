@@ -222,8 +222,8 @@ impl Socket {
         let _ = set_option(&fd, SOL_NETLINK, NETLINK_EXT_ACK, &on);
         let _ = set_option(&fd, SOL_NETLINK, NETLINK_CAP_ACK, &on);
         let timeout = libc::timeval {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+            tv_sec: timeout.as_secs() as _,
+            tv_usec: timeout.subsec_micros() as _,
         };
         set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout)?;
         Ok(Socket {

@@ -197,9 +197,9 @@ pub fn nak(kiss: &[u8; HEADER_LEN], uid: &[u8], out: &mut Vec<u8>) {
 #[cfg(all(test, feature = "tls"))]
 mod tests {
     use super::*;
+    use crate::rng::SplitMix64;
     use crate::timesyncd::nts::cookies::{Keys, NtsState};
     use crate::timesyncd::nts::extension::NtsReject;
-    use crate::rng::SplitMix64;
 
     fn session() -> SessionKeys {
         SessionKeys {

@@ -644,7 +644,7 @@ fn drain_batch(fd: libc::c_int, b: &mut Batch, scratch: &mut Vec<u8>, shared: &S
         hdr.msg_iov = &mut b.iovs[i];
         hdr.msg_iovlen = 1;
         hdr.msg_control = b.controls[i].as_mut_ptr().cast();
-        hdr.msg_controllen = std::mem::size_of_val(&b.controls[i]);
+        hdr.msg_controllen = std::mem::size_of_val(&b.controls[i]) as _;
         hdr.msg_flags = 0;
         b.msgs[i].msg_len = 0;
     }
@@ -655,7 +655,7 @@ fn drain_batch(fd: libc::c_int, b: &mut Batch, scratch: &mut Vec<u8>, shared: &S
             fd,
             b.msgs.as_mut_ptr(),
             BATCH as libc::c_uint,
-            libc::MSG_WAITFORONE,
+            libc::MSG_WAITFORONE as _,
             std::ptr::null_mut(),
         )
     };
@@ -770,7 +770,7 @@ fn drain_batch(fd: libc::c_int, b: &mut Batch, scratch: &mut Vec<u8>, shared: &S
                 fd,
                 b.out_msgs[sent..].as_mut_ptr(),
                 (out - sent) as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                libc::MSG_DONTWAIT as _,
             )
         };
         if rc <= 0 {
