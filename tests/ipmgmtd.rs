@@ -2712,12 +2712,16 @@ fn dhcp_init_reboot_nak_from_isc_dhcpd_takes_the_old_address_off_and_starts_over
     );
     assert_eq!(rig.addr_list(&ours).first(), Some(&new));
     let hook = std::fs::read_to_string(&hook_log).unwrap_or_default();
+    // After the old address's last `bound`: the hook heard the NAK and a
+    // deconfig (before the NAK when the INIT-REBOOT retries ran out first
+    // on a loaded machine, after it otherwise), then `bound` with the new one.
     let tail = hook
-        .rsplit_once(&format!("nak {ours}"))
+        .rsplit_once(&format!("bound {ours} ip={old_local} "))
         .map(|(_, t)| t)
-        .unwrap_or_else(|| panic!("the hook heard no nak: {hook}"));
+        .unwrap_or_else(|| panic!("the hook never heard the old lease: {hook}"));
     assert!(
-        tail.contains(&format!("deconfig {ours}"))
+        tail.contains(&format!("nak {ours}"))
+            && tail.contains(&format!("deconfig {ours}"))
             && tail.contains(&format!(
                 "bound {ours} ip={} subnet=255.255.255.0 router=10.97.0.1",
                 new.trim_end_matches("/24")
